@@ -1,0 +1,193 @@
+"""The training spec: what a `model_specs/*.yaml` recipe and a run directory's `spec.yaml` hold.
+
+Strict pydantic v2 models (`extra="forbid"`): a typo or an impossible value is an error that
+names the field and the value. `algorithm` is a discriminated union on `name`, so each
+algorithm carries only the options that mean something for it.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+__all__ = [
+    "SPEC_VERSION",
+    "N2VAlgorithm",
+    "StructN2VAlgorithm",
+    "SupervisedAlgorithm",
+    "Algorithm",
+    "ModelConfig",
+    "DataConfig",
+    "TrainingConfig",
+    "TrainingSpec",
+    "SELF_SUPERVISED",
+]
+
+SPEC_VERSION = 1
+SELF_SUPERVISED = ("n2v", "n2v2", "structn2v")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class N2VAlgorithm(_Strict):
+    """Noise2Void / N2V2: blind-spot training on noisy images only."""
+
+    name: Literal["n2v", "n2v2"]
+    masked_pixel_percentage: Annotated[float, Field(gt=0, le=10)] = 0.2
+    """Percentage of pixels of each patch that are masked (blind spots)."""
+    roi_size: Annotated[int, Field(ge=3, le=21)] = 5
+    """Side of the neighbourhood replacement values are drawn from (odd)."""
+    replacement: Literal["uniform", "median"] | None = None
+    """`uniform` (N2V: a random neighbour, centre excluded) or `median` (N2V2: the neighbourhood
+    median without the centre). Default: uniform for n2v, median for n2v2."""
+
+    @field_validator("roi_size")
+    @classmethod
+    def _odd(cls, v: int) -> int:
+        if v % 2 == 0:
+            raise ValueError(f"roi_size must be odd, got {v}")
+        return v
+
+    @property
+    def resolved_replacement(self) -> str:
+        return self.replacement or ("median" if self.name == "n2v2" else "uniform")
+
+
+class StructMask(_Strict):
+    """structN2V mask: also hide `span` pixels along `axis` around each blind spot."""
+
+    axis: Literal["x", "y", "z"] = "x"
+    """Axis along which the noise is correlated (`x`: horizontal, row-correlated noise)."""
+    span: Annotated[int, Field(ge=3, le=31)] = 5
+    """Length of the mask (odd), centred on the blind spot."""
+
+    @field_validator("span")
+    @classmethod
+    def _odd(cls, v: int) -> int:
+        if v % 2 == 0:
+            raise ValueError(f"span must be odd so the mask is centred, got {v}")
+        return v
+
+
+class StructN2VAlgorithm(_Strict):
+    """structN2V: N2V with a mask that also covers the pixels the noise is correlated with."""
+
+    name: Literal["structn2v"]
+    masked_pixel_percentage: Annotated[float, Field(gt=0, le=10)] = 0.2
+    roi_size: Annotated[int, Field(ge=3, le=21)] = 5
+    replacement: Literal["uniform", "median"] = "uniform"
+    struct_mask: StructMask = StructMask()
+    n2v2: bool = False
+    """Use the N2V2 network (max-blur pooling, no top skip) with structN2V masking."""
+
+    @property
+    def resolved_replacement(self) -> str:
+        return self.replacement
+
+
+class SupervisedAlgorithm(_Strict):
+    """CARE (noisy -> clean) or Noise2Noise (noisy -> independent noisy)."""
+
+    name: Literal["care", "n2n"]
+    loss: Literal["mae", "mse"] = "mae"
+
+
+Algorithm = Annotated[N2VAlgorithm | StructN2VAlgorithm | SupervisedAlgorithm, Field(discriminator="name")]
+
+
+class ModelConfig(_Strict):
+    """U-Net size and options (the network itself is `ai4life_kit.models.unet.UNet`)."""
+
+    depth: Annotated[int, Field(ge=1, le=5)] = 2
+    width: Annotated[int, Field(ge=4, le=256)] = 32
+    """Channels of the first level (doubled per level)."""
+    batch_norm: bool = True
+    residual: bool = False
+    """Predict a correction added to the input (useful for CARE / N2N; never for blind-spot training)."""
+
+
+class DataConfig(_Strict):
+    """How images are read and cut into training patches."""
+
+    dims: Literal[2, 3] = 2
+    """Spatial dimensions of the model: 2 (YX) or 3 (ZYX)."""
+    axes: str | None = None
+    """Axes of the input files (e.g. `SCYX`); default: from the file metadata."""
+    n_channels: Annotated[int, Field(ge=1)] | None = None
+    """Filled in from the data when training starts."""
+    patch_size: list[int] = [64, 64]
+    augment: bool = True
+    """Random flips and 90-degree rotations (only along axes the algorithm allows)."""
+    val_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.1
+    """Share of the data held out for validation (whole files when there are several)."""
+
+    @field_validator("axes")
+    @classmethod
+    def _axes(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        v = v.upper()
+        if set(v) - set("STCZYX") or len(set(v)) != len(v) or not v.endswith("YX"):
+            raise ValueError(f"axes {v!r} must use the letters STCZYX once each and end with YX")
+        return v
+
+
+class TrainingConfig(_Strict):
+    """Optimisation."""
+
+    epochs: Annotated[int, Field(ge=1)] = 50
+    steps_per_epoch: Annotated[int, Field(ge=1)] = 100
+    batch_size: Annotated[int, Field(ge=1)] = 64
+    learning_rate: Annotated[float, Field(gt=0, le=1)] = 4e-4
+    lr_schedule: Literal["plateau", "cosine", "constant"] = "plateau"
+    early_stopping_patience: Annotated[int, Field(ge=1)] | None = 20
+    """Stop after this many epochs without a better validation loss (null: never)."""
+    val_patches: Annotated[int, Field(ge=1)] = 256
+    """Fixed validation patches, drawn once per run."""
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    """`auto`: bf16 autocast on CUDA, fp32 elsewhere."""
+    seed: int = 42
+
+
+class TrainingSpec(_Strict):
+    """A complete training recipe."""
+
+    version: Literal[1] = SPEC_VERSION
+    name: str | None = None
+    description: str | None = None
+    algorithm: Algorithm
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    training: TrainingConfig = TrainingConfig()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainingSpec:
+        dims = self.data.dims
+        patch = self.data.patch_size
+        if len(patch) != dims:
+            raise ValueError(f"data.patch_size {patch} has {len(patch)} values but data.dims is {dims}")
+        multiple = 2**self.model.depth
+        bad = [p for p in patch if p <= 0 or p % multiple]
+        if bad:
+            raise ValueError(
+                f"data.patch_size {patch}: every size must be a positive multiple of 2**model.depth = {multiple}"
+            )
+        if self.algorithm.name in SELF_SUPERVISED and self.model.residual:
+            raise ValueError(f"model.residual must be false for {self.algorithm.name} (the blind spot would leak)")
+        if isinstance(self.algorithm, StructN2VAlgorithm) and self.algorithm.struct_mask.axis == "z" and dims == 2:
+            raise ValueError("algorithm.struct_mask.axis is 'z' but data.dims is 2")
+        if self.data.axes is not None:
+            if dims == 3 and "Z" not in self.data.axes:
+                raise ValueError(f"data.axes {self.data.axes!r} has no Z axis but data.dims is 3")
+        return self
+
+    @property
+    def is_self_supervised(self) -> bool:
+        return self.algorithm.name in SELF_SUPERVISED
+
+    @property
+    def uses_n2v2_network(self) -> bool:
+        return self.algorithm.name == "n2v2" or (isinstance(self.algorithm, StructN2VAlgorithm) and self.algorithm.n2v2)

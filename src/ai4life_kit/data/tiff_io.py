@@ -1,0 +1,127 @@
+"""TIFF input and output with axes, via tifffile.
+
+Axes come from OME / ImageJ / tifffile metadata when present, from ``--axes`` when given
+(which wins), and are guessed only when unambiguous. tifffile's own letters differ from the
+CSBDeep convention (tifffile's ``S`` means RGB samples), so they are translated here.
+"""
+
+from __future__ import annotations
+
+import glob
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import tifffile
+
+from ai4life_kit.data.axes import guess_axes, validate_axes
+from ai4life_kit.errors import DataError
+from ai4life_kit.fileio import atomic_path
+
+__all__ = ["TIFF_SUFFIXES", "ImageFile", "resolve_inputs", "read_image", "write_image"]
+
+TIFF_SUFFIXES = (".tif", ".tiff")
+# tifffile letter -> kit letter. 'S' (RGB samples) is a channel; sequences are samples.
+_FROM_TIFFFILE = {"S": "C", "C": "C", "I": "S", "Q": "?", "T": "T", "Z": "Z", "Y": "Y", "X": "X", "E": "C", "R": "S"}
+# kit letter -> tifffile letter for the shaped metadata we write (round-trips via _FROM_TIFFFILE)
+_TO_TIFFFILE = {"S": "I", "T": "T", "C": "C", "Z": "Z", "Y": "Y", "X": "X"}
+
+
+@dataclass(frozen=True)
+class ImageFile:
+    """A loaded image: float32 data, its axes in kit letters, and where it came from."""
+
+    path: Path
+    data: np.ndarray
+    axes: str
+    dtype: np.dtype
+
+
+def resolve_inputs(inputs: list[str | Path], what: str = "input") -> list[Path]:
+    """Expand files, folders (their ``*.tif``/``*.tiff``) and glob patterns into sorted TIFF paths."""
+    found: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            files = sorted(f for f in p.iterdir() if f.suffix.lower() in TIFF_SUFFIXES and f.is_file())
+            if not files:
+                raise DataError(f"{what} folder {p} contains no .tif/.tiff files")
+            found.extend(files)
+        elif p.is_file():
+            found.append(p)
+        elif any(ch in str(item) for ch in "*?["):
+            matches = sorted(Path(m) for m in glob.glob(str(item)) if Path(m).is_file())
+            if not matches:
+                raise DataError(f"{what} pattern {item!r} matches no file")
+            found.extend(matches)
+        else:
+            raise DataError(f"{what} {item} does not exist")
+    if not found:
+        raise DataError(f"no {what} files given")
+    return found
+
+
+def _metadata_axes(tif: tifffile.TiffFile) -> str | None:
+    series = tif.series[0]
+    if not (tif.is_ome or tif.is_imagej or tif.is_shaped):
+        return None
+    axes = "".join(_FROM_TIFFFILE.get(a, "?") for a in series.axes.upper())
+    if "?" in axes:
+        return None
+    if len(set(axes)) != len(axes):
+        return None
+    return axes
+
+
+def read_image(path: Path, axes: str | None = None, spatial_ndim: int = 2) -> ImageFile:
+    """Read a TIFF as float32 with its axes; raise :class:`DataError` on anything unusable.
+
+    Parameters
+    ----------
+    path
+        TIFF file.
+    axes
+        Axes string overriding the file's metadata (e.g. ``"SCYX"``).
+    spatial_ndim
+        2 or 3: used only to guess axes for files without usable metadata.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"input {path} does not exist")
+    try:
+        with tifffile.TiffFile(path) as tif:
+            raw = tif.series[0].asarray()
+            meta_axes = _metadata_axes(tif)
+    except Exception as exc:  # tifffile raises many types for corrupt / non-TIFF files
+        raise DataError(f"{path} is not a readable TIFF ({type(exc).__name__}: {exc})") from None
+    if raw.dtype.kind not in "uif":
+        raise DataError(f"{path} has unsupported dtype {raw.dtype} (need integer or float pixels)")
+    if axes is not None:
+        axes = validate_axes(axes, raw.ndim)
+    elif meta_axes is not None:
+        axes = validate_axes(meta_axes, raw.ndim)
+    else:
+        axes = guess_axes(raw.shape, spatial_ndim)
+    data = raw.astype(np.float32, copy=False)
+    if not np.isfinite(data).all():
+        raise DataError(f"{path} contains NaN or Inf pixels")
+    return ImageFile(path=path, data=data, axes=axes, dtype=raw.dtype)
+
+
+def write_image(path: Path, data: np.ndarray, axes: str, overwrite: bool = False) -> None:
+    """Write ``data`` as a float32 TIFF with ``axes`` metadata, atomically.
+
+    A resolution unit of CENTIMETER is written because some consumers (Grand Challenge)
+    reject TIFFs whose unit is NONE, which is tifffile's default.
+    """
+    axes = validate_axes(axes, data.ndim)
+    tf_axes = "".join(_TO_TIFFFILE[a] for a in axes)
+    with atomic_path(Path(path), overwrite) as tmp:
+        tifffile.imwrite(
+            tmp,
+            np.ascontiguousarray(data, dtype=np.float32),
+            metadata={"axes": tf_axes},
+            resolution=(1.0, 1.0),
+            resolutionunit="CENTIMETER",
+            photometric="minisblack",
+        )

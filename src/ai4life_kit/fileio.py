@@ -1,0 +1,77 @@
+"""Atomic file output: write to a temporary name in the target folder, then rename.
+
+A crash, a ``kill -9`` or a full disk therefore never leaves a half-written file under the
+final name, and an existing file is only replaced when the caller allows it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from ai4life_kit.errors import OutputExistsError
+
+__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "check_writable", "prepare_output_dir"]
+
+
+def check_writable(path: Path, overwrite: bool) -> None:
+    """Raise :class:`OutputExistsError` if ``path`` exists and ``overwrite`` is false."""
+    if path.exists() and not overwrite:
+        raise OutputExistsError(f"{path} already exists (use --overwrite to replace it)")
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path, overwrite: bool = True) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; rename it onto ``path`` on success.
+
+    The temporary file keeps the suffix of ``path`` so that writers which infer the format
+    from the name (tifffile, torch, zipfile) behave as they would on the final name.
+    """
+    path = Path(path)
+    check_writable(path, overwrite)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{''.join(path.suffixes)}", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def atomic_write_bytes(path: Path, data: bytes, overwrite: bool = True) -> None:
+    """Write ``data`` to ``path`` atomically."""
+    with atomic_path(path, overwrite) as tmp:
+        tmp.write_bytes(data)
+
+
+def atomic_write_text(path: Path, text: str, overwrite: bool = True) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    atomic_write_bytes(path, text.encode("utf-8"), overwrite)
+
+
+def prepare_output_dir(path: Path, overwrite: bool, is_ours: Callable[[Path], bool] | None = None) -> Path:
+    """Create an empty output directory, refusing to clobber an existing non-empty one.
+
+    With ``overwrite`` an existing directory is removed first, but only if ``is_ours`` (when
+    given) recognises it as something this tool created, so that a typo in ``--out`` cannot
+    delete an unrelated folder.
+    """
+    path = Path(path)
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        if not overwrite:
+            raise OutputExistsError(f"{path} already exists (use --overwrite to replace it)")
+        if is_ours is not None and not is_ours(path):
+            raise OutputExistsError(f"{path} exists and was not created by ai4life-kit; refusing to delete it")
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    path.mkdir(parents=True, exist_ok=True)
+    return path

@@ -1,0 +1,165 @@
+"""A 2D/3D U-Net for denoising, including the N2V2 variant.
+
+This file is deliberately self-contained: it imports only ``torch`` so that it can be shipped
+verbatim as the architecture file of a bioimage.io ``pytorch_state_dict`` package and loaded
+by consumers that do not have ai4life-kit installed. It knows nothing about configs.
+
+The layout follows the CAREamics / n2v U-Net so that sizes compare like for like: per level a
+block of two 3x3 convolutions (+ batch norm) + ReLU, channels doubling with depth, a bottleneck
+with doubled intermediate width, bilinear/trilinear up-sampling, concatenated skips and a
+final 1x1 convolution. N2V2 (Hoeck et al. 2022) swaps max pooling for max-blur pooling and
+drops the top skip connection, which removes the checkerboard artefacts of plain N2V.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+__all__ = ["UNet", "receptive_field_radius"]
+
+
+def receptive_field_radius(depth: int) -> int:
+    """Upper bound, in pixels, of how far an output pixel can see into the input.
+
+    Per encoder/decoder level ``i`` (scale ``2**i``): two 3x3 convolutions on each side
+    (``4 * 2**i``), pooling (at most ``2 * 2**i`` for max-blur pooling) and up-sampling
+    (at most ``2**(i+1)``); the bottleneck adds ``2 * 2**depth``. The test suite checks this
+    bound against the measured gradient support of real networks.
+    """
+    return 8 * (2**depth - 1) + 2 ** (depth + 1)
+
+
+def _conv(dims: int, cin: int, cout: int, kernel: int) -> nn.Module:
+    conv = nn.Conv2d if dims == 2 else nn.Conv3d
+    return conv(cin, cout, kernel_size=kernel, padding=kernel // 2)
+
+
+class ConvBlock(nn.Module):
+    """Two 3x3(x3) convolutions, each followed by optional batch norm and ReLU."""
+
+    def __init__(self, dims: int, cin: int, cout: int, mid: int, batch_norm: bool) -> None:
+        super().__init__()
+        norm = nn.BatchNorm2d if dims == 2 else nn.BatchNorm3d
+        layers: list[nn.Module] = [_conv(dims, cin, mid, 3)]
+        if batch_norm:
+            layers.append(norm(mid))
+        layers += [nn.ReLU(inplace=True), _conv(dims, mid, cout, 3)]
+        if batch_norm:
+            layers.append(norm(cout))
+        layers.append(nn.ReLU(inplace=True))
+        self.block = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.block(x)
+
+
+class MaxBlurPool(nn.Module):
+    """Max pooling with stride 1, then a [1, 2, 1] binomial blur with stride 2 (anti-aliased)."""
+
+    def __init__(self, dims: int) -> None:
+        super().__init__()
+        self.dims = dims
+        k1 = torch.tensor([1.0, 2.0, 1.0]) / 4.0
+        kernel = k1[:, None] * k1[None, :] if dims == 2 else k1[:, None, None] * k1[None, :, None] * k1[None, None, :]
+        # Not persistent: the state dict stays a pure set of learned weights.
+        self.register_buffer("kernel", kernel[None, None], persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        channels = x.shape[1]
+        if self.dims == 2:
+            x = F.max_pool2d(x, kernel_size=2, stride=1)
+            weight = self.kernel.to(x.dtype).expand(channels, 1, 3, 3)
+            return F.conv2d(x, weight, stride=2, padding=1, groups=channels)
+        x = F.max_pool3d(x, kernel_size=2, stride=1)
+        weight = self.kernel.to(x.dtype).expand(channels, 1, 3, 3, 3)
+        return F.conv3d(x, weight, stride=2, padding=1, groups=channels)
+
+
+class UNet(nn.Module):
+    """U-Net mapping ``(B, in_channels, [Z,] Y, X)`` to ``(B, out_channels, [Z,] Y, X)``.
+
+    Spatial sizes must be multiples of ``2**depth``.
+
+    Parameters
+    ----------
+    dims
+        2 or 3 spatial dimensions.
+    in_channels, out_channels
+        Number of image channels in and out.
+    depth
+        Number of down-sampling steps.
+    width
+        Channels of the first level (doubled at each level).
+    batch_norm
+        Batch normalisation after each convolution.
+    n2v2
+        Max-blur pooling and no top skip connection (N2V2).
+    residual
+        Add the input to the output (requires ``in_channels == out_channels``).
+    """
+
+    def __init__(
+        self,
+        dims: int = 2,
+        in_channels: int = 1,
+        out_channels: int = 1,
+        depth: int = 2,
+        width: int = 32,
+        batch_norm: bool = True,
+        n2v2: bool = False,
+        residual: bool = False,
+    ) -> None:
+        super().__init__()
+        if dims not in (2, 3):
+            raise ValueError(f"dims must be 2 or 3, got {dims}")
+        if residual and in_channels != out_channels:
+            raise ValueError("a residual U-Net needs in_channels == out_channels")
+        self.dims = dims
+        self.depth = depth
+        self.n2v2 = n2v2
+        self.residual = residual
+        self.pool: nn.Module = MaxBlurPool(dims) if n2v2 else (nn.MaxPool2d(2) if dims == 2 else nn.MaxPool3d(2))
+        self.upsample = nn.Upsample(
+            scale_factor=2.0, mode="bilinear" if dims == 2 else "trilinear", align_corners=False
+        )
+
+        encoders = []
+        cin = in_channels
+        for level in range(depth):
+            cout = width * 2**level
+            encoders.append(ConvBlock(dims, cin, cout, cout, batch_norm))
+            cin = cout
+        self.encoders = nn.ModuleList(encoders)
+        self.bottleneck = ConvBlock(dims, cin, cin, 2 * cin, batch_norm)
+
+        decoders = []
+        for level in reversed(range(depth)):
+            # Up-sampled features arrive with width * 2**level channels at every level; the
+            # top decoder keeps `width` channels, the others halve them (as CAREamics does).
+            channels = width * 2**level
+            skip = 0 if (n2v2 and level == 0) else channels
+            cout = channels // 2 if level > 0 else channels
+            decoders.append(ConvBlock(dims, channels + skip, cout, channels, batch_norm))
+        self.decoders = nn.ModuleList(decoders)
+        self.head = _conv(dims, width, out_channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skips: list[torch.Tensor] = []
+        h = x
+        for encoder in self.encoders:
+            h = encoder(h)
+            skips.append(h)
+            h = self.pool(h)
+        h = self.bottleneck(h)
+        n = len(skips)
+        for i, decoder in enumerate(self.decoders):
+            h = self.upsample(h)
+            if not (self.n2v2 and i == n - 1):
+                h = torch.cat([h, skips[n - 1 - i]], dim=1)
+            h = decoder(h)
+        out = self.head(h)
+        if self.residual:
+            out = out + x
+        return out

@@ -1,0 +1,191 @@
+"""`Predictor`: a trained denoiser plus its normalisation, ready to run on raw images.
+
+Built from a run directory or from a bioimage.io zip; both give the same numbers.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ai4life_kit.data.axes import Layout
+from ai4life_kit.errors import DataError, ModelLoadError
+from ai4life_kit.models.unet import UNet, receptive_field_radius
+from ai4life_kit.prediction.tiling import plan_grid, predict_tiled
+from ai4life_kit.runtime import autocast, resolve_device
+
+__all__ = ["Predictor", "load_checkpoint", "DEFAULT_TILE"]
+
+# Network input tile per axis when --tile is not given: large enough that the halo costs
+# little (2D: 448 of 512 pixels are kept per axis), small enough for a laptop's memory.
+DEFAULT_TILE = {2: 512, 3: 128}
+
+
+def load_checkpoint(path: Path) -> dict:
+    """Load a checkpoint dict with ``weights_only=True`` (never unpickles arbitrary objects)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelLoadError(f"checkpoint {path} does not exist (has training finished an epoch?)")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ModelLoadError(f"checkpoint {path} cannot be loaded ({type(exc).__name__}: {exc})") from None
+    if not isinstance(ckpt, dict) or "model_args" not in ckpt or "model_state" not in ckpt:
+        raise ModelLoadError(f"checkpoint {path} is not an ai4life-kit checkpoint")
+    return ckpt
+
+
+class Predictor:
+    """Normalise, predict tile by tile, and map back to the input's intensity units.
+
+    Parameters
+    ----------
+    model
+        A module (or TorchScript module) mapping ``(B, C, *spatial)`` to ``(B, C_out, *spatial)``
+        in normalised units.
+    mean, std
+        Input normalisation per channel.
+    target_mean, target_std
+        Output de-normalisation per output channel.
+    spatial_ndim
+        2 or 3.
+    depth
+        U-Net depth (spatial sizes must be multiples of ``2**depth``).
+    device
+        ``auto``, ``cpu``, ``cuda``, ``mps`` or a :class:`torch.device`.
+    halo
+        Overlap per tile side; default: the receptive-field radius bound of the U-Net.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        mean: Sequence[float],
+        std: Sequence[float],
+        target_mean: Sequence[float],
+        target_std: Sequence[float],
+        spatial_ndim: int,
+        depth: int,
+        device: str | torch.device = "auto",
+        halo: int | None = None,
+    ) -> None:
+        self.device = device if isinstance(device, torch.device) else resolve_device(device)
+        self.model = model.to(self.device).eval()
+        self.mean = np.asarray(mean, dtype=np.float32)
+        self.std = np.asarray(std, dtype=np.float32)
+        self.target_mean = np.asarray(target_mean, dtype=np.float32)
+        self.target_std = np.asarray(target_std, dtype=np.float32)
+        self.spatial_ndim = int(spatial_ndim)
+        self.depth = int(depth)
+        self.multiple = 2**self.depth
+        radius = receptive_field_radius(self.depth) if halo is None else int(halo)
+        self.halo = -(-radius // self.multiple) * self.multiple
+
+    @property
+    def n_channels(self) -> int:
+        return len(self.mean)
+
+    @classmethod
+    def from_run_dir(cls, run_dir: Path, device: str | torch.device = "auto", checkpoint: str = "best") -> Predictor:
+        """Load the ``best`` (or ``last``) checkpoint of a run directory."""
+        run_dir = Path(run_dir)
+        if not run_dir.is_dir():
+            raise ModelLoadError(f"run directory {run_dir} does not exist")
+        norm_path = run_dir / "normalization.json"
+        if not norm_path.is_file():
+            raise ModelLoadError(f"{run_dir} is not an ai4life-kit run directory (no normalization.json)")
+        norm = json.loads(norm_path.read_text())
+        ckpt = load_checkpoint(run_dir / "checkpoints" / f"{checkpoint}.pt")
+        model = UNet(**ckpt["model_args"])
+        model.load_state_dict(ckpt["model_state"])
+        args = ckpt["model_args"]
+        return cls(
+            model,
+            norm["mean"],
+            norm["std"],
+            norm["target_mean"],
+            norm["target_std"],
+            spatial_ndim=args["dims"],
+            depth=args["depth"],
+            device=device,
+        )
+
+    @classmethod
+    def from_bioimageio(cls, path: Path, device: str | torch.device = "auto") -> Predictor:
+        """Load one of ai4life-kit's bioimage.io zips (torchscript weights + its normalisation)."""
+        from ai4life_kit.prediction.package_loader import load_predictor_from_package
+
+        return load_predictor_from_package(Path(path), device=device)
+
+    @classmethod
+    def load(cls, model: Path, device: str | torch.device = "auto") -> Predictor:
+        """A run directory or a ``.zip`` package."""
+        model = Path(model)
+        if model.is_dir():
+            return cls.from_run_dir(model, device)
+        if model.is_file() and model.suffix.lower() == ".zip":
+            return cls.from_bioimageio(model, device)
+        if not model.exists():
+            raise ModelLoadError(f"model {model} does not exist")
+        raise ModelLoadError(f"model {model} is neither a run directory nor a bioimage.io .zip package")
+
+    def _forward(self, precision: str) -> Callable[[torch.Tensor], torch.Tensor]:
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            with torch.inference_mode(), autocast(self.device, precision):
+                return self.model(x)
+
+        return forward
+
+    def predict_canonical(
+        self,
+        images: np.ndarray,
+        tile: Sequence[int] | None = None,
+        tta: bool = False,
+        batch_size: int = 4,
+        precision: str = "auto",
+        progress: Callable[[int], None] | None = None,
+    ) -> np.ndarray:
+        """Denoise ``(S, C, *spatial)`` raw images; returns float32 raw-unit images of the same shape."""
+        if images.shape[1] != self.n_channels:
+            raise DataError(f"the model expects {self.n_channels} channel(s), the image has {images.shape[1]}")
+        shape = (1, -1) + (1,) * self.spatial_ndim
+        x = (images.astype(np.float32, copy=False) - self.mean.reshape(shape)) / self.std.reshape(shape)
+        grid = plan_grid(images.shape[2:], tile, self.halo, self.multiple, DEFAULT_TILE[self.spatial_ndim])
+        y = predict_tiled(
+            self._forward(precision), x, len(self.target_mean), grid, batch_size, self.device, tta, progress
+        )
+        y *= self.target_std.reshape(shape)
+        y += self.target_mean.reshape(shape)
+        return y
+
+    def n_tiles(self, shape: tuple[int, ...], axes: str, tile: Sequence[int] | None = None) -> int:
+        """How many tiles :meth:`predict` will run for an image (for progress bars)."""
+        layout = Layout.of(shape, axes, self.spatial_ndim)
+        n_samples = int(np.prod([shape[axes.index(a)] for a in layout._batch_letters], dtype=np.int64))
+        grid = plan_grid(shape[-self.spatial_ndim :], tile, self.halo, self.multiple, DEFAULT_TILE[self.spatial_ndim])
+        return n_samples * len(grid)
+
+    def predict(
+        self,
+        array: np.ndarray,
+        axes: str,
+        tile: Sequence[int] | None = None,
+        tta: bool = False,
+        batch_size: int = 4,
+        precision: str = "auto",
+        progress: Callable[[int], None] | None = None,
+    ) -> np.ndarray:
+        """Denoise an image with any axes (e.g. ``YX``, ``SCYX``, ``TZYX``); same shape out, float32."""
+        layout = Layout.of(array.shape, axes, self.spatial_ndim)
+        if layout.n_channels != self.n_channels:
+            raise DataError(
+                f"the model expects {self.n_channels} channel(s), the image (axes {layout.axes}, "
+                f"shape {array.shape}) has {layout.n_channels}"
+            )
+        canon = layout.to_canonical(np.asarray(array, dtype=np.float32))
+        out = self.predict_canonical(canon, tile, tta, batch_size, precision, progress)
+        return layout.from_canonical(out)

@@ -1,0 +1,159 @@
+"""Tiled prediction with a halo: any image size, bounded memory, no seams.
+
+One spatial axis of length ``n``, tile ``t`` and halo ``h`` (``t`` and ``h`` multiples of
+``m = 2**depth``, so every tile sits on the same pooling grid as the whole image)::
+
+    reflect-padded:  |hhh|.......... image (n) ..........|xxx|hhh|
+    tile 0:          |hhh|== core (s = t-2h) ==|hhh|
+    tile 1:                          |hhh|== core ==|hhh|
+    ...
+    output:              |== core ==|== core ==|...   cropped back to n
+
+Each output pixel depends only on input pixels within the receptive-field radius (<= ``h``),
+which are the same in the padded whole image and in its tile, so tiled and whole-image
+predictions agree to float rounding. A dimension that fits in one tile is not split.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ai4life_kit.errors import UserInputError
+
+__all__ = ["TileGrid", "plan_grid", "predict_tiled", "tta_transforms"]
+
+
+@dataclass(frozen=True)
+class TileGrid:
+    """Tile geometry along each spatial axis."""
+
+    shape: tuple[int, ...]  # image size per axis
+    tile: tuple[int, ...]  # network input size per axis
+    halo: int
+    counts: tuple[int, ...]  # tiles per axis
+
+    @property
+    def core(self) -> tuple[int, ...]:
+        return tuple(t - 2 * self.halo for t in self.tile)
+
+    @property
+    def padded(self) -> tuple[int, ...]:
+        return tuple(k * c + 2 * self.halo for k, c in zip(self.counts, self.core, strict=True))
+
+    def origins(self) -> Iterator[tuple[int, ...]]:
+        """Start of each tile in padded coordinates (= start of its core in image coordinates)."""
+        ranges = [range(0, k * c, c) for k, c in zip(self.counts, self.core, strict=True)]
+        return itertools.product(*ranges)
+
+    def __len__(self) -> int:
+        return math.prod(self.counts)
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+def plan_grid(
+    shape: Sequence[int], tile: Sequence[int] | None, halo: int, multiple: int, default_tile: int
+) -> TileGrid:
+    """Choose tile sizes: the requested (or default) size, or one tile where the axis fits."""
+    shape = tuple(int(s) for s in shape)
+    if tile is not None and len(tile) != len(shape):
+        raise UserInputError(f"--tile {','.join(map(str, tile))} has {len(tile)} values for a {len(shape)}D image")
+    halo = _round_up(halo, multiple)
+    sizes, counts = [], []
+    for axis, n in enumerate(shape):
+        whole = _round_up(n + 2 * halo, multiple)
+        want = default_tile if tile is None else int(tile[axis])
+        want = _round_up(want, multiple)
+        if want <= 2 * halo:
+            raise UserInputError(
+                f"tile size {want} must be larger than twice the halo ({2 * halo}); use a larger --tile"
+            )
+        t = min(whole, want)
+        core = t - 2 * halo
+        sizes.append(t)
+        counts.append(-(-n // core))
+    return TileGrid(shape=shape, tile=tuple(sizes), halo=halo, counts=tuple(counts))
+
+
+def tta_transforms(
+    spatial_ndim: int,
+) -> list[tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[torch.Tensor], torch.Tensor]]]:
+    """The 8 flips/90-degree rotations of the YX plane as (forward, inverse) pairs."""
+    dims = (-2, -1)
+    pairs = []
+    for k in range(4):
+        for flip in (False, True):
+
+            def fwd(x: torch.Tensor, k: int = k, flip: bool = flip) -> torch.Tensor:
+                x = torch.rot90(x, k, dims)
+                return torch.flip(x, (-1,)) if flip else x
+
+            def inv(x: torch.Tensor, k: int = k, flip: bool = flip) -> torch.Tensor:
+                x = torch.flip(x, (-1,)) if flip else x
+                return torch.rot90(x, -k, dims)
+
+            pairs.append((fwd, inv))
+    return pairs
+
+
+def predict_tiled(
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    images: np.ndarray,
+    out_channels: int,
+    grid: TileGrid,
+    batch_size: int,
+    device: torch.device,
+    tta: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> np.ndarray:
+    """Predict ``images`` of shape ``(S, C, *spatial)`` tile by tile; returns ``(S, out_channels, *spatial)``.
+
+    Tiles of all samples are batched together, so many small images cost as little as one big one.
+    ``progress`` is called with the number of tiles finished after each batch.
+    """
+    n_samples = images.shape[0]
+    spatial_ndim = images.ndim - 2
+    halo = grid.halo
+    pad_after = [p - s - halo for p, s in zip(grid.padded, grid.shape, strict=True)]
+    out = np.empty((n_samples, out_channels, *grid.shape), dtype=np.float32)
+    transforms = tta_transforms(spatial_ndim) if tta else [(lambda x: x, lambda x: x)]
+
+    def run(batch: torch.Tensor) -> torch.Tensor:
+        acc = None
+        for fwd, inv in transforms:
+            y = inv(forward(fwd(batch))).float()
+            acc = y if acc is None else acc + y
+        return acc / len(transforms)
+
+    jobs = ((s, origin) for s in range(n_samples) for origin in grid.origins())
+    padded_cache: dict[int, np.ndarray] = {}
+    while True:
+        chunk = list(itertools.islice(jobs, batch_size))
+        if not chunk:
+            break
+        tiles = []
+        for s, origin in chunk:
+            if s not in padded_cache:
+                padded_cache.clear()  # keep one padded sample in memory at a time
+                widths = [(0, 0)] + [(halo, a) for a in pad_after]
+                padded_cache[s] = np.pad(images[s], widths, mode="reflect")
+            window = tuple(slice(o, o + t) for o, t in zip(origin, grid.tile, strict=True))
+            tiles.append(padded_cache[s][(slice(None), *window)])
+        batch = torch.from_numpy(np.ascontiguousarray(np.stack(tiles))).to(device, non_blocking=True)
+        pred = run(batch).cpu().numpy()
+        core = (slice(None), slice(None)) + tuple(slice(halo, halo + c) for c in grid.core)
+        for (s, origin), y in zip(chunk, pred[core], strict=True):
+            dst = tuple(slice(o, min(o + c, n)) for o, c, n in zip(origin, grid.core, grid.shape, strict=True))
+            src = tuple(slice(0, d.stop - d.start) for d in dst)
+            out[(s, slice(None), *dst)] = y[(slice(None), *src)]
+        if progress is not None:
+            progress(len(chunk))
+    return out
