@@ -16,6 +16,36 @@ __all__ = ["KitGroup", "new_app"]
 class KitGroup(TyperGroup):
     """Catch domain errors around every sub-command: exit 2 for user errors, 1 for failures."""
 
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):  # type: ignore[override]
+        """Print usage errors (bad option values, missing arguments) as one line too.
+
+        Click would print a usage block and a boxed message; a one-line ``Error: ...`` that
+        names the option is easier to read and to grep in logs.
+        """
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except Exception as exc:
+            # typer vendors click in recent versions: recognise its exceptions by their shape.
+            if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):
+                hint = ""
+                ctx = getattr(exc, "ctx", None)
+                if ctx is not None:
+                    hint = f" (see '{ctx.command_path} --help')"
+                if exc.format_message():  # empty when help was shown for a bare command
+                    print(f"Error: {exc.format_message()}{hint}", file=sys.stderr)
+                code = exc.exit_code
+            elif type(exc).__name__ == "Abort":
+                print("Aborted.", file=sys.stderr)
+                code = 1
+            else:
+                raise
+            if standalone_mode:
+                sys.exit(code)
+            raise
+        if standalone_mode:
+            sys.exit(rv if isinstance(rv, int) else 0)
+        return rv
+
     def invoke(self, ctx: typer.Context):  # type: ignore[override]
         try:
             return super().invoke(ctx)

@@ -130,8 +130,8 @@ class DataConfig(_Strict):
         if v is None:
             return v
         v = v.upper()
-        if set(v) - set("STCZYX") or len(set(v)) != len(v) or not v.endswith("YX"):
-            raise ValueError(f"axes {v!r} must use the letters STCZYX once each and end with YX")
+        if set(v) - set("STCZYX") or len(set(v)) != len(v) or not {"Y", "X"} <= set(v):
+            raise ValueError(f"axes {v!r} must use the letters STCZYX at most once each, Y and X included")
         return v
 
 

@@ -28,8 +28,8 @@ def validate_axes(axes: str, ndim: int | None = None) -> str:
         raise DataError(f"axes {axes!r} contain {''.join(bad)!r}; use letters from {VALID_AXES!r}")
     if len(set(axes)) != len(axes):
         raise DataError(f"axes {axes!r} repeat a letter")
-    if not axes.endswith("YX"):
-        raise DataError(f"axes {axes!r} must end with 'YX'")
+    if "Y" not in axes or "X" not in axes:
+        raise DataError(f"axes {axes!r} must contain Y and X")
     if ndim is not None and len(axes) != ndim:
         raise DataError(f"axes {axes!r} have {len(axes)} letters but the image has {ndim} dimensions")
     return axes

@@ -58,6 +58,16 @@ def _neighbour_offsets(nd: int, roi: int, device) -> torch.Tensor:
     return offs[(offs != 0).any(dim=1)]  # the centre is never its own replacement
 
 
+def _inside(centre: torch.Tensor, offset: torch.Tensor, size: torch.Tensor) -> torch.Tensor:
+    """``centre + offset``, mirrored to ``centre - offset`` on axes where it leaves the patch.
+
+    Clamping instead could land on the centre itself (the blind spot would see its own value).
+    """
+    target = centre + offset
+    outside = (target < 0) | (target >= size)
+    return torch.where(outside, centre - offset, target)
+
+
 def mask_batch(x: torch.Tensor, spec: MaskSpec, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """Return ``(masked input, mask)``; the loss is computed on ``mask`` pixels against ``x``."""
     device = x.device
@@ -67,12 +77,12 @@ def mask_batch(x: torch.Tensor, spec: MaskSpec, generator: torch.Generator) -> t
     n = pos.shape[0]
     offs = _neighbour_offsets(nd, spec.roi_size, device)  # (K, nd)
     if spec.replacement == "median":
-        neigh = (pos[:, None, 2:] + offs[None]).clamp(min=torch.zeros_like(spatial), max=spatial - 1)
+        neigh = _inside(pos[:, None, 2:], offs[None], spatial)
         values = x[(pos[:, None, 0], pos[:, None, 1], *neigh.unbind(-1))]  # (N, K)
         replacement = values.median(dim=1).values
     else:
         choice = torch.randint(0, offs.shape[0], (n,), device=device, generator=generator)
-        neigh = (pos[:, 2:] + offs[choice]).clamp(min=torch.zeros_like(spatial), max=spatial - 1)
+        neigh = _inside(pos[:, 2:], offs[choice], spatial)
         replacement = x[(pos[:, 0], pos[:, 1], *neigh.unbind(-1))]
     masked = x.clone()
     if spec.struct_axis is not None and spec.struct_span > 1:

@@ -8,6 +8,7 @@ CSBDeep convention (tifffile's ``S`` means RGB samples), so they are translated 
 from __future__ import annotations
 
 import glob
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,12 +89,22 @@ def read_image(path: Path, axes: str | None = None, spatial_ndim: int = 2) -> Im
     path = Path(path)
     if not path.is_file():
         raise DataError(f"input {path} does not exist")
+    # tifffile logs its own warnings about corrupt files to stderr; our error says it in one line.
+    tiff_logger = logging.getLogger("tifffile")
+    level = tiff_logger.level
+    tiff_logger.setLevel(logging.CRITICAL)
     try:
         with tifffile.TiffFile(path) as tif:
+            if not tif.series or not tif.pages:
+                raise DataError(f"{path} is not a readable TIFF (it contains no image)")
             raw = tif.series[0].asarray()
             meta_axes = _metadata_axes(tif)
+    except DataError:
+        raise
     except Exception as exc:  # tifffile raises many types for corrupt / non-TIFF files
         raise DataError(f"{path} is not a readable TIFF ({type(exc).__name__}: {exc})") from None
+    finally:
+        tiff_logger.setLevel(level)
     if raw.dtype.kind not in "uif":
         raise DataError(f"{path} has unsupported dtype {raw.dtype} (need integer or float pixels)")
     if axes is not None:

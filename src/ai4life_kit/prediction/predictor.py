@@ -169,6 +169,16 @@ class Predictor:
         grid = plan_grid(shape[-self.spatial_ndim :], tile, self.halo, self.multiple, DEFAULT_TILE[self.spatial_ndim])
         return n_samples * len(grid)
 
+    def check_input(self, shape: tuple[int, ...], axes: str) -> Layout:
+        """The layout of an input, or a :class:`DataError` saying why the model cannot take it."""
+        layout = Layout.of(tuple(shape), axes, self.spatial_ndim)
+        if layout.n_channels != self.n_channels:
+            raise DataError(
+                f"the model expects {self.n_channels} channel(s), the image (axes {layout.axes}, "
+                f"shape {tuple(shape)}) has {layout.n_channels}"
+            )
+        return layout
+
     def predict(
         self,
         array: np.ndarray,
@@ -180,12 +190,7 @@ class Predictor:
         progress: Callable[[int], None] | None = None,
     ) -> np.ndarray:
         """Denoise an image with any axes (e.g. ``YX``, ``SCYX``, ``TZYX``); same shape out, float32."""
-        layout = Layout.of(array.shape, axes, self.spatial_ndim)
-        if layout.n_channels != self.n_channels:
-            raise DataError(
-                f"the model expects {self.n_channels} channel(s), the image (axes {layout.axes}, "
-                f"shape {array.shape}) has {layout.n_channels}"
-            )
+        layout = self.check_input(array.shape, axes)
         canon = layout.to_canonical(np.asarray(array, dtype=np.float32))
         out = self.predict_canonical(canon, tile, tta, batch_size, precision, progress)
         return layout.from_canonical(out)

@@ -132,18 +132,17 @@ def train(
     ckpt_dir = out / "checkpoints"
     last_path = ckpt_dir / "last.pt"
     resuming = resume and last_path.is_file()
-    if resume and not resuming and out.exists() and any(out.iterdir()) and not is_run_dir(out):
+    occupied = out.exists() and (not out.is_dir() or any(out.iterdir()))
+    if resume and occupied and not is_run_dir(out):
         raise OutputExistsError(f"--resume: {out} is not an ai4life-kit run directory")
-    if not resuming and not resume:
-        prepare_output_dir(out, overwrite, is_ours=is_run_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    ckpt_dir.mkdir(exist_ok=True)
-
+    if not resume and occupied and not overwrite:
+        raise OutputExistsError(f"{out} already exists (use --overwrite to replace it, or --resume to continue it)")
     if spec.is_self_supervised and target:
         raise DataError(f"{spec.algorithm.name} is self-supervised: it trains on noisy images only; drop --target")
     if not spec.is_self_supervised and not target:
         raise DataError(f"{spec.algorithm.name} needs --target images (clean for CARE, a second noisy set for n2n)")
 
+    # Everything that can reject the data happens before the run directory is touched.
     dev = resolve_device(device)
     dims = spec.data.dims
     ts = load_training_set(data, target, dims, spec.data.axes)
@@ -153,7 +152,6 @@ def train(
     spec.data.n_channels = ts.n_channels
     patch = spec.data.patch_size
     train_set, val_set = split_validation(ts, spec.data.val_fraction, patch)
-
     norm_path = out / "normalization.json"
     if resuming and norm_path.is_file():
         norm = json.loads(norm_path.read_text())
@@ -163,8 +161,6 @@ def train(
         if train_set.targets is not None:
             t_mean, t_std = channel_stats(train_set.targets, [f"target {n}" for n in train_set.names])
         norm = {"mean": mean, "std": std, "target_mean": t_mean, "target_std": t_std}
-        atomic_write_text(norm_path, json.dumps(norm, indent=2))
-        save_spec(spec, out / "spec.yaml")
 
     def sampler_for(s: TrainingSet) -> PatchSampler:
         imgs = _normalise(s, norm["mean"], norm["std"])
@@ -179,6 +175,14 @@ def train(
     train_sampler = sampler_for(train_set)
     val_sampler = sampler_for(val_set) if val_set is not None else train_sampler
 
+    if not resume:
+        prepare_output_dir(out, overwrite, is_ours=is_run_dir)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    for stale_tmp in [*out.glob(".*.tmp*"), *ckpt_dir.glob(".*.tmp*")]:
+        stale_tmp.unlink()  # left by a killed run: atomic writes never reached their rename
+    if not resuming:
+        atomic_write_text(norm_path, json.dumps(norm, indent=2))
+        save_spec(spec, out / "spec.yaml")
     cfg = spec.training
     torch.manual_seed(cfg.seed)
     model = build_model(spec).to(dev)

@@ -21,7 +21,9 @@ def read_metrics(path: Path) -> list[dict]:
     rows = []
     with path.open(newline="") as fh:
         for row in csv.DictReader(fh):
-            rows.append({k: (float(v) if v not in ("", None) else None) for k, v in row.items()})
+            parsed = {k: (float(v) if v not in ("", None) else None) for k, v in row.items()}
+            parsed["epoch"], parsed["step"] = int(parsed["epoch"]), int(parsed["step"])
+            rows.append(parsed)
     return rows
 
 
