@@ -11,7 +11,8 @@ One spatial axis of length ``n``, tile ``t`` and halo ``h`` (``t`` and ``h`` mul
 
 Each output pixel depends only on input pixels within the receptive-field radius (<= ``h``),
 which are the same in the padded whole image and in its tile, so tiled and whole-image
-predictions agree to float rounding. A dimension that fits in one tile is not split.
+predictions agree to float rounding. A dimension that fits in one tile is not split, and the
+tiles of an axis share its length evenly (see :func:`plan_grid`).
 """
 
 from __future__ import annotations
@@ -62,24 +63,27 @@ def _round_up(value: int, multiple: int) -> int:
 def plan_grid(
     shape: Sequence[int], tile: Sequence[int] | None, halo: int, multiple: int, default_tile: int
 ) -> TileGrid:
-    """Choose tile sizes: the requested (or default) size, or one tile where the axis fits."""
+    """Choose tiles no larger than the requested (or default) size, with equal cores per axis.
+
+    An axis of length ``n`` needs ``k = ceil(n / (t_max - 2*halo))`` tiles; their cores are then
+    made as even as possible (``ceil(n / k)``, rounded up to the pooling multiple), so no tile is
+    mostly padding: 1024 px with a 512 px maximum runs three 408 px tiles, not three 512 px ones.
+    """
     shape = tuple(int(s) for s in shape)
     if tile is not None and len(tile) != len(shape):
         raise UserInputError(f"--tile {','.join(map(str, tile))} has {len(tile)} values for a {len(shape)}D image")
     halo = _round_up(halo, multiple)
     sizes, counts = [], []
     for axis, n in enumerate(shape):
-        whole = _round_up(n + 2 * halo, multiple)
-        want = default_tile if tile is None else int(tile[axis])
-        want = _round_up(want, multiple)
+        want = _round_up(default_tile if tile is None else int(tile[axis]), multiple)
         if want <= 2 * halo:
             raise UserInputError(
                 f"tile size {want} must be larger than twice the halo ({2 * halo}); use a larger --tile"
             )
-        t = min(whole, want)
-        core = t - 2 * halo
-        sizes.append(t)
-        counts.append(-(-n // core))
+        k = -(-n // (want - 2 * halo))
+        core = _round_up(-(-n // k), multiple)
+        sizes.append(core + 2 * halo)
+        counts.append(k)
     return TileGrid(shape=shape, tile=tuple(sizes), halo=halo, counts=tuple(counts))
 
 

@@ -26,7 +26,7 @@ from ai4life_kit.errors import DataError, OutputExistsError
 from ai4life_kit.fileio import atomic_write_text, prepare_output_dir
 from ai4life_kit.models import build_model, model_args
 from ai4life_kit.prediction.predictor import load_checkpoint
-from ai4life_kit.runtime import autocast, resolve_device
+from ai4life_kit.runtime import autocast, channels_last, resolve_device
 from ai4life_kit.training.checkpoint import save_checkpoint
 from ai4life_kit.training.progress import EpochProgress
 from ai4life_kit.training.report import plot_losses, read_metrics, write_metrics, write_summary
@@ -185,9 +185,8 @@ def train(
         save_spec(spec, out / "spec.yaml")
     cfg = spec.training
     torch.manual_seed(cfg.seed)
-    model = build_model(spec).to(dev)
-    if dev.type != "cpu" and dims == 2:
-        model = model.to(memory_format=torch.channels_last)
+    layout = channels_last(dims)
+    model = build_model(spec).to(dev, memory_format=layout)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
     sched = _scheduler(opt, spec)
     gen = torch.Generator(device=dev).manual_seed(cfg.seed)
@@ -229,8 +228,7 @@ def train(
                         else (augment_batch([x], gen, rotate, flip_axes)[0], None)
                     )
                 inp, mask = mask_batch(x, mspec, gen) if mspec is not None else (x, None)
-                if dev.type != "cpu" and dims == 2:
-                    inp = inp.contiguous(memory_format=torch.channels_last)
+                inp = inp.contiguous(memory_format=layout)
                 with autocast(dev, cfg.precision):
                     pred = model(inp)
                 loss = _loss(pred, x, y, mask, loss_kind)
