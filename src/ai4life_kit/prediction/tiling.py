@@ -3,7 +3,7 @@
 One spatial axis of length ``n``, tile ``t`` and halo ``h`` (``t`` and ``h`` multiples of
 ``m = 2**depth``, so every tile sits on the same pooling grid as the whole image)::
 
-    reflect-padded:  |hhh|.......... image (n) ..........|xxx|hhh|
+    mirror-padded:   |hhh|.......... image (n) ..........|xxx|hhh|
     tile 0:          |hhh|== core (s = t-2h) ==|hhh|
     tile 1:                          |hhh|== core ==|hhh|
     ...
@@ -148,7 +148,8 @@ def predict_tiled(
             if s not in padded_cache:
                 padded_cache.clear()  # keep one padded sample in memory at a time
                 widths = [(0, 0)] + [(halo, a) for a in pad_after]
-                padded_cache[s] = np.pad(images[s], widths, mode="reflect")
+                # symmetric (edge-repeating) padding, as bioimageio.core pads blocks at image borders
+                padded_cache[s] = np.pad(images[s], widths, mode="symmetric")
             window = tuple(slice(o, o + t) for o, t in zip(origin, grid.tile, strict=True))
             tiles.append(padded_cache[s][(slice(None), *window)])
         batch = torch.from_numpy(np.ascontiguousarray(np.stack(tiles))).to(device, non_blocking=True)

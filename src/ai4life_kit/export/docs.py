@@ -1,0 +1,313 @@
+"""Documentation (README.md with a ``## Validation`` section) and the cover image of a package."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ai4life_kit.export.rundir import RunInfo
+
+__all__ = ["ALGORITHMS", "AlgorithmInfo", "algorithm_info", "write_documentation", "write_cover", "validation_metrics"]
+
+
+@dataclass(frozen=True)
+class AlgorithmInfo:
+    """How an algorithm is named, tagged and cited in a package."""
+
+    title: str
+    tag: str
+    cite_text: str
+    doi: str | None = None
+    url: str | None = None
+    summary: str = ""
+
+
+_N2V = AlgorithmInfo(
+    title="Noise2Void (N2V)",
+    tag="n2v",
+    cite_text=(
+        "Krull, A., Buchholz, T.-O., Jug, F. Noise2Void - Learning denoising from single noisy images. CVPR 2019."
+    ),
+    doi="10.1109/CVPR.2019.00223",
+    summary="self-supervised blind-spot training on the noisy images only",
+)
+_N2V2 = AlgorithmInfo(
+    title="N2V2",
+    tag="n2v2",
+    cite_text=(
+        "Hoeck, E., Buchholz, T.-O., Brachmann, A., Jug, F., Freytag, A. N2V2 - Fixing Noise2Void checkerboard "
+        "artifacts with modified sampling strategies and a tweaked network architecture. ECCV Workshops 2022."
+    ),
+    url="https://arxiv.org/abs/2211.08512",
+    summary="self-supervised blind-spot training (median replacement, max-blur pooling, no top skip connection)",
+)
+_STRUCTN2V = AlgorithmInfo(
+    title="structN2V",
+    tag="structn2v",
+    cite_text=(
+        "Broaddus, C., Krull, A., Weigert, M., Schmidt, U., Myers, G. Removing structured noise with "
+        "self-supervised blind-spot networks. ISBI 2020."
+    ),
+    doi="10.1109/ISBI45749.2020.9098336",
+    summary="self-supervised blind-spot training with a structured mask for spatially correlated noise",
+)
+_CARE = AlgorithmInfo(
+    title="CARE",
+    tag="care",
+    cite_text=(
+        "Weigert, M., Schmidt, U., Boothe, T. et al. Content-aware image restoration: pushing the limits of "
+        "fluorescence microscopy. Nature Methods 15, 1090-1097 (2018)."
+    ),
+    doi="10.1038/s41592-018-0216-7",
+    summary="supervised training on pairs of noisy and clean images",
+)
+_N2N = AlgorithmInfo(
+    title="Noise2Noise",
+    tag="noise2noise",
+    cite_text=(
+        "Lehtinen, J., Munkberg, J., Hasselgren, J., Laine, S., Karras, T., Aittala, M., Aila, T. "
+        "Noise2Noise: Learning image restoration without clean data. ICML 2018."
+    ),
+    url="https://arxiv.org/abs/1803.04189",
+    summary="training on pairs of independently noisy images of the same content",
+)
+ALGORITHMS: dict[str, AlgorithmInfo] = {"n2v": _N2V, "n2v2": _N2V2, "structn2v": _STRUCTN2V, "care": _CARE, "n2n": _N2N}
+
+
+def algorithm_info(run: RunInfo) -> list[AlgorithmInfo]:
+    """The algorithm(s) to credit: structN2V with the N2V2 network credits both."""
+    name = run.spec.algorithm.name
+    infos = [ALGORITHMS[name]]
+    if name == "structn2v" and run.spec.uses_n2v2_network:
+        infos.append(_N2V2)
+    if name in ("n2v2", "structn2v"):
+        infos.append(_N2V)
+    return infos
+
+
+_METRIC_LABELS = {
+    "val_loss": "validation loss (normalised units)",
+    "val_psnr": "validation PSNR (dB)",
+    "best_epoch": "best epoch",
+    "best epoch": "best epoch",
+    "best val_loss": "validation loss (normalised units)",
+    "best val_psnr": "validation PSNR (dB)",
+}
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def validation_metrics(run: RunInfo) -> dict[str, Any]:
+    """Validation numbers from ``training_summary.json`` (keys starting with ``val``), else metrics.csv."""
+    found: dict[str, Any] = {}
+
+    def walk(d: dict[str, Any], prefix: str = "") -> None:
+        for k, v in d.items():
+            key = f"{prefix}{k}"
+            if isinstance(v, dict) and k in ("validation", "metrics", "val", "best"):
+                walk(v, f"{key}.")
+            elif (
+                isinstance(v, (int, float))
+                and not isinstance(v, bool)
+                and (k.startswith("val") or k.startswith("best") or prefix)
+            ):
+                if math.isfinite(float(v)):
+                    found[key] = v
+
+    walk(run.summary)
+    if not found and run.metrics:
+        rows = [r for r in run.metrics if r.get("val_loss") not in (None, "")]
+        if rows:
+            best = min(rows, key=lambda r: float(r["val_loss"]))
+            for k in ("epoch", "val_loss", "val_psnr"):
+                if best.get(k) not in (None, ""):
+                    found[f"best {k}"] = float(best[k])
+    return found
+
+
+def _data_lines(run: RunInfo) -> list[str]:
+    """Training-data summary from ``training_summary.json`` (whatever keys it has)."""
+    s = run.summary
+    lines = []
+    files = s.get("files")
+    if isinstance(files, list) and files:
+        names = []
+        for f in files:
+            if isinstance(f, dict):
+                f = f.get("path") or f.get("file") or f.get("name")
+            if f is not None:
+                names.append(Path(str(f)).name)
+        shown = ", ".join(f"`{n}`" for n in names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+        lines.append(f"- Training images ({len(names)}): {shown}")
+    targets = s.get("target_files")
+    if isinstance(targets, list) and targets:
+        lines.append(f"- Target images: {len(targets)} (paired with the inputs by order)")
+    inputs = s.get("inputs")
+    if isinstance(inputs, list) and inputs and all(isinstance(i, dict) for i in inputs):
+        shapes = [f"{i.get('shape')} ({i.get('axes')}, {i.get('dtype')})" for i in inputs[:3]]
+        lines.append("- Image shapes: " + "; ".join(shapes) + (" ..." if len(inputs) > 3 else ""))
+    for key, label in (
+        ("n_channels", "Channels"),
+        ("n_train_patches", "Training patches"),
+        ("n_val_patches", "Validation patches"),
+        ("validation", "Validation split"),
+        ("epochs_run", "Epochs run"),
+        ("early_stopped", "Stopped early"),
+        ("steps", "Optimisation steps"),
+        ("device", "Trained on"),
+        ("seconds_this_session", "Training time (s)"),
+    ):
+        value = s.get(key)
+        if value is not None and not isinstance(value, (dict, list)):
+            lines.append(f"- {label}: {_fmt(value)}")
+    if not lines:
+        lines.append("- (the run directory recorded no training data summary)")
+    return lines
+
+
+def write_documentation(
+    path: Path,
+    run: RunInfo,
+    *,
+    name: str,
+    description: str,
+    test_source: str,
+    weight_formats: list[str],
+) -> Path:
+    """Write the package README (model, training, ``## Validation``, usage, citation)."""
+    spec = run.spec
+    algos = algorithm_info(run)
+    algo = algos[0]
+    dims = run.dims
+    axes = "b, c, z, y, x" if dims == 3 else "b, c, y, x"
+    n_params = sum(int(np.prod(t.shape)) for t in run.model_state.values() if hasattr(t, "shape"))
+    metrics = validation_metrics(run)
+    t = spec.training
+    norm = ", ".join(
+        f"channel {c}: mean {m:.4g}, std {s:.4g}" for c, (m, s) in enumerate(zip(run.mean, run.std, strict=True))
+    )
+    out_norm = ", ".join(
+        f"channel {c}: gain {s:.4g}, offset {m:.4g}"
+        for c, (m, s) in enumerate(zip(run.target_mean, run.target_std, strict=True))
+    )
+    lines = [
+        f"# {name}",
+        "",
+        description,
+        "",
+        "## Model",
+        "",
+        f"- Algorithm: {algo.title}, {algo.summary}.",
+        f"- Network: {dims}D U-Net, depth {run.depth}, width {run.model_args.get('width')}, "
+        f"{'N2V2 variant (max-blur pooling, no top skip), ' if run.model_args.get('n2v2') else ''}"
+        f"{n_params:,} parameters; architecture file `unet.py` (imports only torch).",
+        f"- Input and output: one tensor each, axes `{axes}`, {run.in_channels} channel(s) in, "
+        f"{run.out_channels} out; spatial sizes `{2 * run.halo + run.step} + n * {run.step}`; "
+        f"output halo {run.halo} pixels (the receptive-field radius).",
+        f"- Pre-processing: `fixed_zero_mean_unit_variance` with the training statistics ({norm}).",
+        f"- Post-processing: `scale_linear` back to raw intensities ({out_norm}).",
+        f"- Weight formats: {', '.join(f'`{w}`' for w in weight_formats)}.",
+        "",
+        "## Training",
+        "",
+        f"Trained with ai4life-kit using {algo.title}: "
+        f"up to {t.epochs} epoch(s) of {t.steps_per_epoch} steps, batch size {t.batch_size}, "
+        f"patch size {spec.data.patch_size}, learning rate {t.learning_rate:g} ({t.lr_schedule} schedule)"
+        + (f", checkpoint of epoch {run.checkpoint_epoch}" if run.checkpoint_epoch is not None else "")
+        + ". The full training spec is attached as `training_spec.yaml`.",
+        "",
+        *_data_lines(run),
+        "",
+        "## Validation",
+        "",
+    ]
+    if metrics:
+        lines += [
+            "Metrics measured during training on the held-out validation split "
+            f"({spec.data.val_fraction:.0%} of the data):",
+            "",
+            "| metric | value |",
+            "|---|---|",
+            *[f"| {_METRIC_LABELS.get(k, k)} | {_fmt(v)} |" for k, v in metrics.items()],
+        ]
+    else:
+        lines.append("No validation metrics were recorded for this run.")
+    lines += [
+        "",
+        f"The test input is a {test_source}; the test output is this model's prediction on it, which every "
+        "weight format reproduces within bioimage.io's default tolerances (checked with `bioimageio test`).",
+        "To validate the model on your own data, denoise held-out images and compare them with ground truth "
+        "(e.g. PSNR / SSIM), or inspect residuals (input - output) for structure: they should look like noise.",
+        "",
+        "## Usage",
+        "",
+        "```",
+        "ai4life-kit predict THIS_MODEL.bioimageio.zip noisy/*.tif --out denoised/",
+        "bioimageio predict THIS_MODEL.bioimageio.zip --inputs noisy.tif",
+        "```",
+        "The package also runs in ilastik (TorchScript weights), deepImageJ and other bioimage.io consumers. "
+        "Apply it to images acquired like the training data (same microscope, noise level and pixel size).",
+        "",
+        "## Limitations",
+        "",
+        "A denoiser trained on one kind of data can hallucinate or blur structures on data it has not seen; "
+        + (
+            "blind-spot training assumes pixel-wise independent noise"
+            + (" apart from the structured mask" if spec.algorithm.name == "structn2v" else "")
+            + "."
+            if spec.is_self_supervised
+            else "its quality is bounded by the quality of the training targets."
+        ),
+        "",
+        "## References",
+        "",
+        *[f"- {a.cite_text}" + (f" doi:{a.doi}" if a.doi else f" {a.url}") for a in algos],
+        "",
+    ]
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
+
+
+def _to_rgb(img: np.ndarray) -> np.ndarray:
+    """``c, y, x`` float -> ``y, x, 3`` uint8 with 1-99.8 percentile contrast per channel."""
+    chans = []
+    for ch in img[:3]:
+        lo, hi = np.percentile(ch, [1.0, 99.8])
+        chans.append(np.clip((ch - lo) / (hi - lo if hi > lo else 1.0), 0, 1))
+    if len(chans) == 1:
+        rgb = np.stack([chans[0]] * 3, axis=-1)
+    elif len(chans) == 2:  # magenta / green
+        rgb = np.stack([chans[0], chans[1], chans[0]], axis=-1)
+    else:
+        rgb = np.stack(chans, axis=-1)
+    return (rgb * 255).round().astype(np.uint8)
+
+
+def write_cover(path: Path, test_input: np.ndarray, test_output: np.ndarray, side: int = 256) -> Path:
+    """A 2:1 PNG (noisy | denoised) of the test tensors (middle z-slice for 3D), ``side`` pixels high."""
+    from PIL import Image
+
+    def panel(a: np.ndarray) -> Image.Image:
+        a = a[0]  # batch
+        if a.ndim == 4:  # c, z, y, x
+            a = a[:, a.shape[1] // 2]
+        rgb = _to_rgb(a)
+        h, w = rgb.shape[:2]
+        n = max(h, w)
+        square = np.full((n, n, 3), 255, dtype=np.uint8)
+        square[(n - h) // 2 : (n - h) // 2 + h, (n - w) // 2 : (n - w) // 2 + w] = rgb
+        resample = Image.Resampling.NEAREST if n < side else Image.Resampling.BILINEAR
+        return Image.fromarray(square).resize((side, side), resample)
+
+    canvas = np.concatenate([np.asarray(panel(test_input)), np.asarray(panel(test_output))], axis=1)
+    canvas[:, side - 1 : side + 1] = 255  # thin separator
+    Image.fromarray(canvas).save(path, format="PNG")
+    return path

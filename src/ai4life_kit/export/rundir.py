@@ -1,0 +1,172 @@
+"""Read what packaging needs from a run directory (no bioimageio import here).
+
+The run directory contract is described in ``docs/architecture.md``: ``spec.yaml``,
+``normalization.json``, ``checkpoints/best.pt`` and (optionally) ``training_summary.json`` and
+``metrics.csv``. Every problem is reported as :class:`ModelLoadError` naming the file.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ai4life_kit.config import TrainingSpec, load_spec
+from ai4life_kit.errors import ConfigError, ModelLoadError
+
+__all__ = ["RunInfo", "load_run", "halo_for_depth"]
+
+
+def halo_for_depth(depth: int) -> int:
+    """Output halo: the receptive-field radius rounded up to a multiple of ``2**depth``."""
+    from ai4life_kit.models.unet import receptive_field_radius
+
+    step = 2**depth
+    return int(math.ceil(receptive_field_radius(depth) / step) * step)
+
+
+@dataclass
+class RunInfo:
+    """Everything read from a run directory that goes into a package."""
+
+    run_dir: Path
+    spec: TrainingSpec
+    model_args: dict[str, Any]
+    model_state: dict[str, Any]
+    mean: list[float]
+    std: list[float]
+    target_mean: list[float]
+    target_std: list[float]
+    summary: dict[str, Any] = field(default_factory=dict)
+    metrics: list[dict[str, str]] = field(default_factory=list)
+    checkpoint_epoch: int | None = None
+
+    @property
+    def dims(self) -> int:
+        return int(self.model_args.get("dims", self.spec.data.dims))
+
+    @property
+    def depth(self) -> int:
+        return int(self.model_args.get("depth", self.spec.model.depth))
+
+    @property
+    def in_channels(self) -> int:
+        return int(self.model_args.get("in_channels", 1))
+
+    @property
+    def out_channels(self) -> int:
+        return int(self.model_args.get("out_channels", self.in_channels))
+
+    @property
+    def step(self) -> int:
+        return 2**self.depth
+
+    @property
+    def halo(self) -> int:
+        return halo_for_depth(self.depth)
+
+    def build_model(self):
+        """The trained :class:`~ai4life_kit.models.unet.UNet` in eval mode on the CPU."""
+        from ai4life_kit.models.unet import UNet
+
+        try:
+            model = UNet(**self.model_args)
+            model.load_state_dict(self.model_state, strict=True)
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise ModelLoadError(
+                f"{self.run_dir / 'checkpoints' / 'best.pt'} does not match its model_args: {str(exc).splitlines()[0]}"
+            ) from None
+        return model.eval()
+
+
+def _read_json(path: Path, required: bool) -> dict[str, Any]:
+    if not path.is_file():
+        if required:
+            raise ModelLoadError(f"{path} does not exist (is {path.parent} a finished run directory?)")
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelLoadError(f"{path} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ModelLoadError(f"{path} must hold a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _float_list(norm: dict[str, Any], key: str, path: Path, n: int | None) -> list[float]:
+    value = norm.get(key)
+    if isinstance(value, (int, float)):
+        value = [value]
+    if not isinstance(value, list) or not value or not all(isinstance(v, (int, float)) for v in value):
+        raise ModelLoadError(f"{path}: {key!r} must be a list of numbers, got {value!r}")
+    values = [float(v) for v in value]
+    if not all(math.isfinite(v) for v in values):
+        raise ModelLoadError(f"{path}: {key!r} contains NaN or Inf: {values}")
+    if key.endswith("std") and min(values) <= 0:
+        raise ModelLoadError(f"{path}: {key!r} must be positive, got {values}")
+    if n is not None and len(values) != n:
+        raise ModelLoadError(f"{path}: {key!r} has {len(values)} values but the model has {n} channels")
+    return values
+
+
+def _read_metrics(path: Path) -> list[dict[str, str]]:
+    if not path.is_file():
+        return []
+    try:
+        with path.open(newline="", encoding="utf-8") as fh:
+            return list(csv.DictReader(fh))
+    except (OSError, csv.Error, UnicodeDecodeError):
+        return []
+
+
+def load_run(run_dir: Path) -> RunInfo:
+    """Read a finished run directory; raise :class:`ModelLoadError` naming what is missing."""
+    import torch
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise ModelLoadError(f"run directory {run_dir} does not exist")
+    try:
+        spec = load_spec(run_dir / "spec.yaml")
+    except ConfigError as exc:
+        raise ModelLoadError(f"{run_dir} is not a usable run directory: {exc}") from None
+    ckpt_path = run_dir / "checkpoints" / "best.pt"
+    if not ckpt_path.is_file():
+        raise ModelLoadError(
+            f"{ckpt_path} does not exist: the run has not finished an epoch yet (train it, or resume it)"
+        )
+    try:
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for truncated / foreign files
+        raise ModelLoadError(f"{ckpt_path} cannot be loaded: {type(exc).__name__}: {exc}") from None
+    if not isinstance(ckpt, dict) or "model_args" not in ckpt or "model_state" not in ckpt:
+        raise ModelLoadError(f"{ckpt_path} is not an ai4life-kit checkpoint (needs 'model_args' and 'model_state')")
+    model_args = dict(ckpt["model_args"])
+    n_in = int(model_args.get("in_channels", 1))
+    n_out = int(model_args.get("out_channels", n_in))
+    norm_path = run_dir / "normalization.json"
+    norm = _read_json(norm_path, required=True)
+    mean = _float_list(norm, "mean", norm_path, n_in)
+    std = _float_list(norm, "std", norm_path, n_in)
+    target_mean = _float_list(norm, "target_mean", norm_path, n_out) if "target_mean" in norm else list(mean)
+    target_std = _float_list(norm, "target_std", norm_path, n_out) if "target_std" in norm else list(std)
+    if len(target_mean) != n_out or len(target_std) != n_out:
+        raise ModelLoadError(f"{norm_path}: target statistics must have {n_out} values (one per output channel)")
+    summary = _read_json(run_dir / "training_summary.json", required=False)
+    epoch = ckpt.get("epoch")
+    return RunInfo(
+        run_dir=run_dir,
+        spec=spec,
+        model_args=model_args,
+        model_state=dict(ckpt["model_state"]),
+        mean=mean,
+        std=std,
+        target_mean=target_mean,
+        target_std=target_std,
+        summary=summary,
+        metrics=_read_metrics(run_dir / "metrics.csv"),
+        checkpoint_epoch=int(epoch) if isinstance(epoch, (int, float)) else None,
+    )

@@ -1,0 +1,362 @@
+"""Check and test bioimage.io model zips, and say readably which check failed and why.
+
+- :func:`inspect_zip` rejects what is not a model package (missing file, corrupt zip, no rdf,
+  not a model) with a :class:`ModelLoadError` before bioimageio is even imported.
+- :func:`check_format` is ``bioimageio validate-format``.
+- :func:`run_package_test` is ``bioimageio test`` in this process (current stack);
+  :func:`run_package_test_with_stack` runs it in a subprocess with another bioimageio.core on
+  ``PYTHONPATH`` (ilastik's 0.10.2 stack, installed by :func:`ensure_stack`).
+
+GitHub user names found in the rdf are registered as known first, so that no test needs the
+network (bioimageio.spec would otherwise look each unknown name up on api.github.com).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import zipfile
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ai4life_kit.errors import Ai4LifeKitError, ModelLoadError
+from ai4life_kit.export._testrun import collect_leaked_files
+
+__all__ = [
+    "ILASTIK_STACK",
+    "Check",
+    "TestReport",
+    "inspect_zip",
+    "check_format",
+    "run_package_test",
+    "run_package_test_with_stack",
+    "ensure_stack",
+    "default_stack_dir",
+]
+
+RDF_NAMES = ("rdf.yaml", "bioimageio.yaml")
+# What ilastik ships today: it rejects the {source, sha256} documentation/covers of spec >= 0.5.11.
+ILASTIK_STACK = ("bioimageio.core==0.10.2", "bioimageio.spec==0.5.9.1")
+_RESULT_MARK = "@@AI4LIFE_KIT_RESULT@@"
+_INFO = 20  # bioimageio.spec warning severity "info"
+
+
+@dataclass
+class Check:
+    """One entry of a bioimageio validation summary."""
+
+    name: str
+    status: str
+    loc: str = ""
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def failed(self) -> bool:
+        return self.status == "failed"
+
+
+@dataclass
+class TestReport:
+    """Readable result of ``bioimageio test`` on one zip."""
+
+    __test__ = False  # not a pytest test class
+
+    source: str
+    status: str
+    name: str = ""
+    format_version: str = ""
+    """The format version bioimageio read the rdf as (after converting it)."""
+    rdf_format_version: str = ""
+    """The ``format_version`` written in the rdf."""
+    stack: dict[str, str] = field(default_factory=dict)
+    checks: list[Check] = field(default_factory=list)
+    error: str | None = None
+    """Set when the test itself crashed (then ``checks`` may be empty)."""
+
+    @property
+    def passed(self) -> bool:
+        """Only ``"passed"`` counts: a failed reproduction leaves the status at ``"valid-format"``."""
+        return self.status == "passed" and self.error is None
+
+    @property
+    def failed_checks(self) -> list[Check]:
+        return [c for c in self.checks if c.failed]
+
+    @property
+    def warnings(self) -> list[str]:
+        return [f"{c.name}: {w}" for c in self.checks for w in c.warnings]
+
+    def one_line(self) -> str:
+        """The first failing check and its reason on one line (for error messages)."""
+        if self.error:
+            return f"the test crashed: {self.error}"
+        failed = self.failed_checks
+        if not failed:
+            if self.passed:
+                return "passed"
+            return f"status {self.status!r}"
+        first = failed[0]
+        reason = _short_reason(first.errors[0]) if first.errors else "no reason given"
+        more = f" (+{len(failed) - 1} more failed check{'s' if len(failed) > 2 else ''})" if len(failed) > 1 else ""
+        return f"check '{first.name}' failed: {reason}{more}"
+
+    def format(self, verbose: bool = False) -> str:
+        """Multi-line summary: status, stack, each failed check with its reasons, warnings."""
+        stack = ", ".join(f"{k} {v}" for k, v in self.stack.items())
+        verdict = "PASSED" if self.passed else "FAILED"
+        lines = [f"{verdict}: {self.name or self.source} ({self.source})"]
+        if self.format_version:
+            fv = self.rdf_format_version or self.format_version
+            if self.rdf_format_version and self.rdf_format_version != self.format_version:
+                fv += f" (read as {self.format_version})"
+            lines.append(f"  format version {fv}" + (f"; tested with {stack}" if stack else ""))
+        if self.error:
+            lines.append(f"  the test crashed: {self.error}")
+        n_ok = sum(1 for c in self.checks if c.status == "passed")
+        lines.append(f"  {n_ok} of {len(self.checks)} checks passed")
+        for c in self.checks:
+            if c.failed:
+                lines.append(f"  x {c.name}" + (f" [{c.loc}]" if c.loc else ""))
+                for e in c.errors:
+                    for i, part in enumerate(e.splitlines()):
+                        lines.append(("      - " if i == 0 else "        ") + part)
+            elif verbose:
+                lines.append(f"  v {c.name}")
+        warnings = self.warnings
+        if warnings:
+            lines.append(f"  {len(warnings)} warning(s):")
+            lines += [f"      ! {w}" for w in warnings]
+        return "\n".join(lines)
+
+    @classmethod
+    def from_dict(cls, source: str, data: dict[str, Any]) -> TestReport:
+        checks = [
+            Check(
+                name=c.get("name", ""),
+                status=c.get("status", ""),
+                loc=c.get("loc", ""),
+                errors=[
+                    (f"{e['loc']}: " if e.get("loc") and e["loc"] != c.get("loc") else "") + e["msg"]
+                    for e in c.get("errors", [])
+                ],
+                # severity 20 ("info") entries restate passing numbers; keep warnings and alerts
+                warnings=[
+                    (f"{w['loc']}: " if w.get("loc") else "") + w["msg"]
+                    for w in c.get("warnings", [])
+                    if int(w.get("severity", 30)) > _INFO
+                ],
+            )
+            for c in data.get("checks", [])
+        ]
+        return cls(
+            source=source,
+            status=data.get("status", "failed"),
+            name=data.get("name", ""),
+            format_version=data.get("format_version", ""),
+            rdf_format_version=data.get("rdf_format_version", ""),
+            stack=dict(data.get("stack", {})),
+            checks=checks,
+            error=data.get("error"),
+        )
+
+
+def _short_reason(error: str) -> str:
+    """First line of an error plus, for reproduction failures, the largest absolute difference."""
+    lines = [line.strip() for line in error.splitlines() if line.strip()]
+    reason = lines[0] if lines else error
+    for i, line in enumerate(lines[:-1]):
+        if line.startswith("Max absolute difference"):
+            reason += f" Max absolute difference: {lines[i + 1]}"
+            break
+    return reason
+
+
+def inspect_zip(path: Path) -> dict[str, Any]:
+    """Open a model zip without bioimageio; return its parsed rdf or raise :class:`ModelLoadError`."""
+    import yaml
+
+    path = Path(path)
+    if not path.exists():
+        raise ModelLoadError(f"{path} does not exist")
+    if path.is_dir():
+        raise ModelLoadError(f"{path} is a directory, not a bioimage.io model zip")
+    if not zipfile.is_zipfile(path):
+        raise ModelLoadError(f"{path} is not a zip file (a bioimage.io model package is a .zip)")
+    try:
+        with zipfile.ZipFile(path) as zf:
+            bad = zf.testzip()
+            if bad is not None:
+                raise ModelLoadError(f"{path} is corrupt: the checksum of {bad!r} inside it does not match")
+            names = zf.namelist()
+            rdf_name = next((n for n in RDF_NAMES if n in names), None)
+            if rdf_name is None:
+                rdf_name = next((n for n in names if n.endswith(".bioimageio.yaml") and "/" not in n), None)
+            if rdf_name is None:
+                raise ModelLoadError(
+                    f"{path} is not a bioimage.io package: it has no rdf.yaml or bioimageio.yaml at its top level"
+                )
+            text = zf.read(rdf_name).decode("utf-8")
+    except ModelLoadError:
+        raise
+    except (
+        zipfile.BadZipFile,
+        zipfile.LargeZipFile,
+        OSError,
+        EOFError,
+        UnicodeDecodeError,
+        ValueError,
+        zlib.error,
+    ) as exc:
+        raise ModelLoadError(f"{path} is a corrupt zip file: {type(exc).__name__}: {exc}") from None
+    try:
+        rdf = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ModelLoadError(f"{path}: {rdf_name} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(rdf, dict):
+        raise ModelLoadError(f"{path}: {rdf_name} does not describe a resource (expected a mapping)")
+    if rdf.get("type") != "model":
+        raise ModelLoadError(f"{path} describes a {rdf.get('type')!r}, not a model")
+    return rdf
+
+
+def github_users_in(rdf: dict[str, Any]) -> list[str]:
+    """Every ``github_user`` named by authors, maintainers, packagers, uploader."""
+    users: list[str] = []
+    people: list[Any] = []
+    for key in ("authors", "maintainers", "packaged_by"):
+        if isinstance(rdf.get(key), list):
+            people += rdf[key]
+    if isinstance(rdf.get("uploader"), dict):
+        people.append(rdf["uploader"])
+    weights = rdf.get("weights")
+    if isinstance(weights, dict):
+        for w in weights.values():
+            if isinstance(w, dict) and isinstance(w.get("authors"), list):
+                people += w["authors"]
+    for p in people:
+        if isinstance(p, dict) and isinstance(p.get("github_user"), str):
+            users.append(p["github_user"])
+    return users
+
+
+def check_format(path: Path, extra_github_users: list[str] = ()) -> TestReport:  # type: ignore[assignment]
+    """``bioimageio validate-format`` (with io checks): a report whose warnings exclude "info" notes.
+
+    ``passed`` is true when the format is valid (bioimageio's status ``"valid-format"``).
+    """
+    from bioimageio.spec import load_description
+    from loguru import logger
+
+    from ai4life_kit.export._testrun import summary_to_dict
+    from ai4life_kit.export.build import register_github_users
+
+    rdf = inspect_zip(path)
+    register_github_users([*github_users_in(rdf), *extra_github_users])
+    logger.disable("bioimageio")
+    try:
+        with collect_leaked_files():
+            descr = load_description(Path(path), perform_io_checks=True)
+            data = summary_to_dict(descr.validation_summary)
+            del descr  # it holds the open zip: release it while leaks are collected
+    finally:
+        logger.enable("bioimageio")
+    data["name"] = str(rdf.get("name", ""))
+    data["rdf_format_version"] = str(rdf.get("format_version", ""))
+    if data["status"] == "valid-format":
+        data["status"] = "passed"
+    return TestReport.from_dict(str(path), data)
+
+
+def run_package_test(path: Path, extra_github_users: list[str] = (), weight_format: str | None = None) -> TestReport:  # type: ignore[assignment]
+    """``bioimageio test`` with the bioimageio.core of this environment."""
+    from ai4life_kit.export._testrun import run_test_on_zip
+
+    rdf = inspect_zip(path)
+    users = [*github_users_in(rdf), *extra_github_users]
+    try:
+        data = run_test_on_zip(str(path), users, weight_format)
+    except Exception as exc:  # bioimageio.core should return a summary, but do not lose the reason
+        data = {"status": "crashed", "error": f"{type(exc).__name__}: {exc}", "checks": []}
+    data["name"] = str(rdf.get("name", ""))
+    data["rdf_format_version"] = str(rdf.get("format_version", ""))
+    return TestReport.from_dict(str(path), data)
+
+
+def run_package_test_with_stack(
+    path: Path,
+    stack_dir: Path,
+    extra_github_users: list[str] = (),  # type: ignore[assignment]
+    timeout: float = 900,
+) -> TestReport:
+    """``bioimageio test`` in a subprocess whose ``PYTHONPATH`` starts with ``stack_dir``."""
+    rdf = inspect_zip(path)
+    users = [*github_users_in(rdf), *extra_github_users]
+    env = dict(os.environ)
+    src_dir = str(Path(__file__).resolve().parents[2])  # so the subprocess imports this ai4life_kit
+    env["PYTHONPATH"] = os.pathsep.join([str(stack_dir), src_dir, *filter(None, [env.get("PYTHONPATH")])])
+    cmd = [sys.executable, "-m", "ai4life_kit.export._testrun", str(path)]
+    for u in users:
+        cmd += ["--github-user", u]
+    try:
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
+        return TestReport(source=str(path), status="failed", error=f"the test did not finish within {timeout:.0f} s")
+    marker = proc.stdout.rfind(_RESULT_MARK)
+    if marker < 0:
+        tail = " | ".join((proc.stderr or proc.stdout).strip().splitlines()[-3:])
+        return TestReport(source=str(path), status="failed", error=f"exit code {proc.returncode}: {tail}")
+    data = json.loads(proc.stdout[marker + len(_RESULT_MARK) :].splitlines()[0])
+    data["name"] = str(rdf.get("name", ""))
+    data["rdf_format_version"] = str(rdf.get("format_version", ""))
+    return TestReport.from_dict(str(path), data)
+
+
+def default_stack_dir() -> Path:
+    """Where ilastik's bioimageio stack is installed: ``$AI4LIFE_KIT_CACHE/oldstack`` (or ~/.cache)."""
+    base = os.environ.get("AI4LIFE_KIT_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "ai4life-kit"
+    )
+    return Path(base) / "oldstack"
+
+
+def _stack_versions(stack_dir: Path) -> dict[str, str] | None:
+    env = dict(os.environ, PYTHONPATH=str(stack_dir))
+    code = (
+        "import json, bioimageio.core as c, bioimageio.spec as s; "
+        "print(json.dumps([c.__version__, s.__version__, c.__file__]))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        return None
+    core, spec, where = json.loads(proc.stdout.strip().splitlines()[-1])
+    if not Path(where).resolve().is_relative_to(Path(stack_dir).resolve()):
+        return None
+    return {"bioimageio.core": core, "bioimageio.spec": spec}
+
+
+def ensure_stack(stack_dir: Path | None = None, requirements: tuple[str, ...] = ILASTIK_STACK) -> Path:
+    """Install ``requirements`` into ``stack_dir`` (``pip install --target --no-deps``) if not there yet.
+
+    ``--no-deps`` keeps torch and everything else from the running environment (the old stack's
+    other requirements, numpy, pydantic, xarray..., are already installed with the current
+    bioimageio.core); nothing in the running environment changes. Needs PyPI once.
+    """
+    stack_dir = Path(stack_dir or default_stack_dir())
+    wanted = {r.split("==")[0]: r.split("==")[1] for r in requirements}
+    if stack_dir.is_dir() and _stack_versions(stack_dir) == wanted:
+        return stack_dir
+    stack_dir.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--upgrade", "--target", str(stack_dir)]
+    proc = subprocess.run([*cmd, *requirements], capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        tail = " | ".join(proc.stderr.strip().splitlines()[-3:])
+        raise Ai4LifeKitError(f"could not install {' '.join(requirements)} into {stack_dir}: {tail}")
+    got = _stack_versions(stack_dir)
+    if got != wanted:
+        raise Ai4LifeKitError(f"{stack_dir} should provide {wanted} but imports as {got}")
+    return stack_dir
