@@ -16,16 +16,9 @@ from typing import Any
 
 from ai4life_kit.config import TrainingSpec, load_spec
 from ai4life_kit.errors import ConfigError, ModelLoadError
+from ai4life_kit.models import halo_for_depth
 
 __all__ = ["RunInfo", "load_run", "halo_for_depth"]
-
-
-def halo_for_depth(depth: int) -> int:
-    """Output halo: the receptive-field radius rounded up to a multiple of ``2**depth``."""
-    from ai4life_kit.models.unet import receptive_field_radius
-
-    step = 2**depth
-    return int(math.ceil(receptive_field_radius(depth) / step) * step)
 
 
 @dataclass

@@ -9,7 +9,13 @@ from ai4life_kit.models.unet import UNet, receptive_field_radius
 if TYPE_CHECKING:
     from ai4life_kit.config import TrainingSpec
 
-__all__ = ["UNet", "build_model", "model_args", "receptive_field_radius"]
+__all__ = ["UNet", "build_model", "halo_for_depth", "model_args", "receptive_field_radius"]
+
+
+def halo_for_depth(depth: int) -> int:
+    """Tile overlap / bioimage.io output halo: the receptive-field radius rounded up to ``2**depth``."""
+    step = 2**depth
+    return -(-receptive_field_radius(depth) // step) * step
 
 
 def model_args(spec: TrainingSpec) -> dict:

@@ -14,7 +14,8 @@ import torch
 
 from ai4life_kit.data.axes import Layout
 from ai4life_kit.errors import DataError, ModelLoadError
-from ai4life_kit.models.unet import UNet, receptive_field_radius
+from ai4life_kit.models import halo_for_depth
+from ai4life_kit.models.unet import UNet
 from ai4life_kit.prediction.tiling import plan_grid, predict_tiled
 from ai4life_kit.runtime import autocast, channels_last, resolve_device
 
@@ -86,7 +87,7 @@ class Predictor:
         self.target_std = np.asarray(target_std, dtype=np.float32)
         self.depth = int(depth)
         self.multiple = 2**self.depth
-        radius = receptive_field_radius(self.depth) if halo is None else int(halo)
+        radius = halo_for_depth(self.depth) if halo is None else int(halo)
         self.halo = -(-radius // self.multiple) * self.multiple
 
     @property
