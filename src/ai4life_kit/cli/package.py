@@ -1,0 +1,116 @@
+"""``ai4life-kit package`` and ``ai4life-kit validate``: bioimage.io model zips.
+
+Only typer and the standard library are imported here; bioimageio and torch are imported inside
+the command bodies so that ``ai4life-kit --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+__all__ = ["package", "validate"]
+
+
+def package(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory written by `ai4life-kit train`.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Package to write, e.g. actin-n2v2.bioimageio.zip.")],
+    author: Annotated[
+        list[str],
+        typer.Option("--author", "-a", help="Author name (repeatable; the first one is the maintainer)."),
+    ],
+    name: Annotated[str | None, typer.Option(help="Model name (default: the spec's name or the run folder).")] = None,
+    description: Annotated[str | None, typer.Option(help="One-sentence description (default: generated).")] = None,
+    github_user: Annotated[
+        str | None,
+        typer.Option(help="GitHub user of the first author; makes them the maintainer (needed for upload)."),
+    ] = None,
+    license: Annotated[str, typer.Option(help="SPDX license identifier of the model.")] = "MIT",
+    version: Annotated[str, typer.Option(help="Model version.")] = "0.1.0",
+    test_image: Annotated[
+        Path | None,
+        typer.Option(help="Image for the test/sample tensors (default: the run's first training image)."),
+    ] = None,
+    test_axes: Annotated[str | None, typer.Option(help="Axes of --test-image, e.g. SCYX (default: metadata).")] = None,
+    no_onnx: Annotated[bool, typer.Option("--no-onnx", help="Leave out the ONNX weights.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing package.")] = False,
+) -> None:
+    """Build a bioimage.io model zip from a run directory and test it with bioimageio.core.
+
+    The package has TorchScript, state-dict and (unless --no-onnx) ONNX weights, the training
+    normalisation built in (raw intensities in, raw intensities out), test and sample tensors
+    cropped from the training data, documentation and a cover. It is written only if
+    `bioimageio test` passes.
+    """
+    import time
+
+    from rich.console import Console
+
+    from ai4life_kit.export import package_run
+
+    console = Console(stderr=True)
+    t0 = time.perf_counter()
+    result = package_run(
+        run_dir,
+        out,
+        name=name,
+        authors=author,
+        github_user=github_user,
+        license=license,
+        description=description,
+        version=version,
+        onnx=not no_onnx,
+        overwrite=overwrite,
+        test_image=test_image,
+        test_axes=test_axes,
+        log=lambda msg: console.print(f"  {msg}..."),
+    )
+    for note in result.notes:
+        if github_user is None and "maintainers" in note:
+            continue  # said more helpfully below
+        console.print(f"[yellow]Note:[/] {note}")
+    if github_user is None:
+        console.print(
+            "[yellow]Note:[/] no --github-user: the package works everywhere, but bioimage.io needs a "
+            "maintainer with a GitHub account before upload."
+        )
+    report = result.report
+    stack = ", ".join(f"{k} {v}" for k, v in report.stack.items()) if report is not None else ""
+    typer.echo(
+        f"Packaged {result.path} ({result.size_bytes / 1e6:.1f} MB, weights: {', '.join(result.weight_formats)}); "
+        f"bioimageio test passed ({len(report.checks) if report else 0} checks{', ' + stack if stack else ''}) "
+        f"in {time.perf_counter() - t0:.1f} s"
+    )
+
+
+def validate(
+    model: Annotated[Path, typer.Argument(help="A bioimage.io model zip (ours or anyone's).")],
+    ilastik_stack: Annotated[
+        bool,
+        typer.Option(
+            "--ilastik-stack",
+            help="Also test with ilastik's bioimageio.core 0.10.2 / spec 0.5.9.1, installed on first use "
+            "into ~/.cache/ai4life-kit/oldstack (needs PyPI once).",
+        ),
+    ] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="List passed checks too.")] = False,
+) -> None:
+    """Run the full bioimageio.core test on a model zip and print which checks failed and why.
+
+    Exit code 0 only when the test passed (with every stack tested); 1 when it failed; 2 when the
+    file is not a model zip at all (missing, corrupt, no rdf.yaml).
+    """
+    from ai4life_kit.errors import Ai4LifeKitError
+    from ai4life_kit.export.validate import ensure_stack, inspect_zip, run_package_test, run_package_test_with_stack
+
+    inspect_zip(model)  # a clear one-line error (exit 2) for files that are not model zips
+    reports = [run_package_test(model)]
+    if ilastik_stack:
+        reports.append(run_package_test_with_stack(model, ensure_stack()))
+    for report in reports:
+        typer.echo(report.format(verbose=verbose))
+    failed = [r for r in reports if not r.passed]
+    if failed:
+        raise Ai4LifeKitError(f"{model} failed the bioimageio test: {failed[0].one_line()}")

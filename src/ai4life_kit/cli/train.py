@@ -1,0 +1,87 @@
+"""``ai4life-kit train``: train a denoiser from a YAML spec."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ai4life_kit.cli._options import parse_sizes
+
+__all__ = ["train"]
+
+
+def train(
+    spec: Annotated[Path, typer.Argument(help="Training recipe (YAML), e.g. model_specs/n2v2-2d.yaml.")],
+    extra: Annotated[
+        list[str] | None,
+        typer.Argument(hidden=True, help="Unquoted glob expansions of --data (e.g. --data noisy/*.tif)."),
+    ] = None,
+    data: Annotated[
+        list[str] | None, typer.Option("--data", "-d", help="Noisy input: files, folders or quoted globs (repeatable).")
+    ] = None,
+    target: Annotated[
+        list[str] | None,
+        typer.Option("--target", "-t", help="Targets paired by order: clean (CARE) or second noisy set (n2n)."),
+    ] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Run directory to create.")] = None,
+    axes: Annotated[str | None, typer.Option(help="Axes of the input files, e.g. SCYX (default: metadata).")] = None,
+    epochs: Annotated[int | None, typer.Option(min=1, help="Override training.epochs.")] = None,
+    steps_per_epoch: Annotated[int | None, typer.Option(min=1, help="Override training.steps_per_epoch.")] = None,
+    batch_size: Annotated[int | None, typer.Option(min=1, help="Override training.batch_size.")] = None,
+    patch_size: Annotated[str | None, typer.Option(help="Override data.patch_size, e.g. 64,64.")] = None,
+    val_fraction: Annotated[float | None, typer.Option(min=0.0, max=0.95, help="Override data.val_fraction.")] = None,
+    precision: Annotated[str | None, typer.Option(help="auto (bf16 on CUDA), fp32 or bf16.")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
+    seed: Annotated[int | None, typer.Option(help="Override training.seed.")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run in --out.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing run directory.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Train a U-Net denoiser (N2V, N2V2, structN2V, Noise2Noise or CARE) and write a run directory."""
+    import time
+
+    from rich.console import Console
+
+    from ai4life_kit.config import load_spec, parse_spec
+    from ai4life_kit.errors import UserInputError
+
+    if not data:
+        raise typer.BadParameter("give the noisy images with --data", param_hint="--data")
+    if out is None:
+        raise typer.BadParameter("give the run directory with --out", param_hint="--out")
+    if extra:
+        if target:
+            raise UserInputError(
+                f"unexpected extra arguments {extra[:3]}: quote globs ('noisy/*.tif') or pass folders "
+                "when using both --data and --target"
+            )
+        data = [*data, *extra]
+    if resume and overwrite:
+        raise UserInputError("--resume and --overwrite exclude each other")
+
+    saved = out / "spec.yaml"
+    base = load_spec(saved) if resume and saved.is_file() else load_spec(spec)
+    raw = base.model_dump(mode="json")
+    overrides = {
+        ("training", "epochs"): epochs,
+        ("training", "steps_per_epoch"): steps_per_epoch,
+        ("training", "batch_size"): batch_size,
+        ("training", "seed"): seed,
+        ("training", "precision"): precision,
+        ("data", "patch_size"): parse_sizes(patch_size, "--patch-size"),
+        ("data", "val_fraction"): val_fraction,
+        ("data", "axes"): axes,
+    }
+    for (section, key), value in overrides.items():
+        if value is not None:
+            raw[section][key] = value
+    resolved = parse_spec(raw, f"{spec} (with command-line overrides)")
+
+    from ai4life_kit.training import train as run_training
+
+    console = Console(stderr=True)
+    t0 = time.perf_counter()
+    run_training(resolved, data, target, out, device=device, resume=resume, overwrite=overwrite, progress=not quiet)
+    console.print(f"Run directory: [bold]{out}[/] ({time.perf_counter() - t0:.1f} s)")
