@@ -27,6 +27,7 @@ from ai4life_kit.export.testdata import make_test_input, min_size, valid_size
 from ai4life_kit.models.unet import UNet, receptive_field_radius
 from ai4life_kit.prediction import Predictor
 from ai4life_kit.prediction.package_loader import load_predictor_from_package, read_package
+from kit_helpers import old_stack
 
 AUTHOR = "Ada Lovelace"
 GITHUB_USER = "ada-lovelace-test"  # unknown to bioimageio.spec: must never be looked up online
@@ -96,24 +97,6 @@ def make_run(
 def rdf_of(path: Path) -> dict:
     with zipfile.ZipFile(path) as zf:
         return yaml.safe_load(zf.read("rdf.yaml"))
-
-
-def old_stack() -> Path:
-    """ilastik's bioimageio stack, installed once into the cache (needs PyPI the first time).
-
-    In CI (``CI`` set) an installation failure fails the test; elsewhere it skips it.
-    """
-    import os
-
-    from ai4life_kit.errors import Ai4LifeKitError
-    from ai4life_kit.export.validate import ensure_stack
-
-    try:
-        return ensure_stack()
-    except Ai4LifeKitError as exc:
-        if os.environ.get("CI"):
-            raise
-        pytest.skip(f"ilastik's bioimageio stack cannot be installed here: {exc}")
 
 
 @pytest.fixture(scope="module")

@@ -5,8 +5,6 @@ N2V2 2D, CARE 3D and a two-channel N2V model, each trained for a few steps on si
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -15,30 +13,12 @@ from ai4life_kit.export import package_run
 from ai4life_kit.prediction import Predictor
 from ai4life_kit.simulate import simulate_dataset
 from ai4life_kit.training import train
-from kit_helpers import invoke, small_spec
+from kit_helpers import invoke, old_stack, small_spec
 
 pytestmark = pytest.mark.slow
 
 GITHUB_USER = "ada-lovelace-test"
 CASES = ["n2v2-2d", "care-3d", "n2v-2ch"]
-
-
-def old_stack() -> Path:
-    """ilastik's bioimageio stack, installed once into the cache (needs PyPI the first time).
-
-    In CI (``CI`` set) an installation failure fails the test; elsewhere it skips it.
-    """
-    import os
-
-    from ai4life_kit.errors import Ai4LifeKitError
-    from ai4life_kit.export.validate import ensure_stack
-
-    try:
-        return ensure_stack()
-    except Ai4LifeKitError as exc:
-        if os.environ.get("CI"):
-            raise
-        pytest.skip(f"ilastik's bioimageio stack cannot be installed here: {exc}")
 
 
 def _train_case(case: str, root):

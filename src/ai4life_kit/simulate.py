@@ -334,20 +334,10 @@ def add_noise(
 # dataset on disk
 # ---------------------------------------------------------------------------------------------
 def _write_uint16(path: Path, data: np.ndarray, axes: str) -> None:
-    """Write a uint16 TIFF with axes metadata, atomically (``write_image`` writes float32 only)."""
-    import tifffile
+    """Write a uint16 TIFF with axes metadata, atomically (camera-like raw data)."""
+    from ai4life_kit.data.tiff_io import write_image
 
-    from ai4life_kit.fileio import atomic_path
-
-    with atomic_path(path, overwrite=False) as tmp:
-        tifffile.imwrite(
-            tmp,
-            np.ascontiguousarray(data, dtype=np.uint16),
-            metadata={"axes": axes},
-            resolution=(1.0, 1.0),
-            resolutionunit="CENTIMETER",
-            photometric="minisblack",
-        )
+    write_image(path, data, axes, overwrite=False, dtype=np.uint16)
 
 
 def _is_simulation(path: Path) -> bool:

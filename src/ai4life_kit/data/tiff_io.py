@@ -119,8 +119,10 @@ def read_image(path: Path, axes: str | None = None, spatial_ndim: int = 2) -> Im
     return ImageFile(path=path, data=data, axes=axes, dtype=raw.dtype)
 
 
-def write_image(path: Path, data: np.ndarray, axes: str, overwrite: bool = False) -> None:
-    """Write ``data`` as a float32 TIFF with ``axes`` metadata, atomically.
+def write_image(
+    path: Path, data: np.ndarray, axes: str, overwrite: bool = False, dtype: np.dtype | type = np.float32
+) -> None:
+    """Write ``data`` as a TIFF (float32 unless ``dtype`` says otherwise) with ``axes`` metadata, atomically.
 
     A resolution unit of CENTIMETER is written because some consumers (Grand Challenge)
     reject TIFFs whose unit is NONE, which is tifffile's default.
@@ -130,7 +132,7 @@ def write_image(path: Path, data: np.ndarray, axes: str, overwrite: bool = False
     with atomic_path(Path(path), overwrite) as tmp:
         tifffile.imwrite(
             tmp,
-            np.ascontiguousarray(data, dtype=np.float32),
+            np.ascontiguousarray(data, dtype=dtype),
             metadata={"axes": tf_axes},
             resolution=(1.0, 1.0),
             resolutionunit="CENTIMETER",
