@@ -1,0 +1,516 @@
+"""Container engines: docker with a reachable daemon, or rootful podman set up to need neither.
+
+Podman is set up so that it works on machines without a Docker daemon or a reachable registry,
+without touching anything under ``/etc`` or the system image store:
+
+- a private ``containers.conf`` (selected with ``CONTAINERS_CONF``): OCI runtime ``runc`` (crun
+  refuses hybrid cgroup v1/v2 layouts), ``cgroupfs``, file events, and container ulimits at or
+  below the host's hard limits (podman's default nofile/nproc of 1048576 fails without
+  CAP_SYS_RESOURCE);
+- its own image store (``--root``) under the cache folder (``$AI4LIFE_KIT_CONTAINER_CACHE``,
+  default ``~/.cache/ai4life-kit/containers``), so the base image and the build layers survive
+  between runs, and a short ``--runroot`` under ``/run`` (podman refuses runroots over 50 characters);
+- a Python base image bootstrapped from Debian packages with ``mmdebstrap`` when no registry can be
+  reached, with mirror lines taken from the machine's own apt sources at run time;
+- builds on the host network with the host's CA bundle and a two-line ``pip.conf`` bind-mounted
+  for the build only (nothing of the host's pip configuration goes into the image); containers run
+  on the ``none`` network (the default bridge network leaves iptables chains behind).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ai4life_kit.errors import Ai4LifeKitError, UserInputError
+
+__all__ = [
+    "BASE_SUITE",
+    "DEFAULT_BASE_IMAGE",
+    "LOCAL_BASE_IMAGE",
+    "ContainerError",
+    "Engine",
+    "build_image",
+    "container_cache_dir",
+    "debian_mirror_lines",
+    "ensure_base_image",
+    "find_engine",
+    "run_container",
+]
+
+ENGINE_ENV = "AI4LIFE_KIT_ENGINE"
+CACHE_ENV = "AI4LIFE_KIT_CONTAINER_CACHE"
+DEFAULT_BASE_IMAGE = "python:3.11-slim-bookworm"
+"""What the generated Dockerfiles start from (Grand Challenge users build with a registry)."""
+LOCAL_BASE_IMAGE = "localhost/pybase:bookworm"
+"""The same Python (Debian bookworm's 3.11), bootstrapped locally when no registry is reachable."""
+BASE_SUITE = "bookworm"
+BASE_PACKAGES = ("python3", "python3-venv", "ca-certificates", "passwd")
+HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
+CONTAINERS_CONF = """\
+# Written by ai4life-kit: podman settings that work on hosts with hybrid cgroups and without
+# CAP_SYS_RESOURCE. Selected with CONTAINERS_CONF for ai4life-kit's own podman calls only.
+[containers]
+default_ulimits = ["nofile=16384:16384", "nproc=16384:16384"]
+
+[engine]
+runtime = "runc"
+cgroup_manager = "cgroupfs"
+events_logger = "file"
+"""
+
+Log = Callable[[str], None]
+
+
+class ContainerError(Ai4LifeKitError):
+    """A container engine is missing or one of its commands failed (exit code 1)."""
+
+
+def container_cache_dir() -> Path:
+    """Where podman's private storage, its config and build logs live (reused across runs)."""
+    env = os.environ.get(CACHE_ENV)
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "ai4life-kit" / "containers"
+
+
+@dataclass
+class Engine:
+    """One container engine: the executable, global flags and the environment its calls need."""
+
+    name: str
+    """``docker`` or ``podman``."""
+    exe: str
+    global_args: tuple[str, ...] = ()
+    env: dict[str, str] = field(default_factory=dict)
+    """Variables added to the caller's environment for every call (``CONTAINERS_CONF``)."""
+    cache: Path | None = None
+    runroot: Path | None = None
+
+    def command(self, *args: str) -> list[str]:
+        return [self.exe, *self.global_args, *args]
+
+    def environ(self) -> dict[str, str]:
+        return {**os.environ, **self.env}
+
+    def call(
+        self, *args: str, check: bool = True, timeout: float | None = 600, what: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """Run an engine command, capturing its output; raise :class:`ContainerError` on failure."""
+        cmd = self.command(*args)
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=self.environ(), timeout=timeout, check=False)
+        except subprocess.TimeoutExpired:
+            raise ContainerError(f"{what or ' '.join(cmd)} did not finish within {timeout} s") from None
+        if check and proc.returncode != 0:
+            raise ContainerError(
+                f"{what or ' '.join(cmd)} failed (exit {proc.returncode}): {_tail(proc.stderr or proc.stdout)}"
+            )
+        return proc
+
+    def ref(self, image: str) -> str:
+        """Fully qualified local name (podman otherwise asks registries about short names)."""
+        if self.name == "podman" and "/" not in image.split(":")[0]:
+            return f"localhost/{image}"
+        return image
+
+    def image_exists(self, image: str) -> bool:
+        return self.call("image", "inspect", "--format", "{{.Id}}", self.ref(image), check=False).returncode == 0
+
+    def image_info(self, image: str) -> tuple[str, int]:
+        """(image id without the ``sha256:`` prefix, size in bytes)."""
+        out = self.call("image", "inspect", "--format", "{{.Id}} {{.Size}}", self.ref(image)).stdout.split()
+        return out[0].removeprefix("sha256:"), int(out[1])
+
+    def describe(self) -> str:
+        version = self.call("--version", check=False, timeout=30).stdout.strip()
+        where = f", storage {self.cache}" if self.cache else ""
+        return f"{version or self.name}{where}"
+
+
+def _tail(text: str, lines: int = 15) -> str:
+    kept = [line for line in (text or "").strip().splitlines() if line.strip()][-lines:]
+    return " | ".join(kept) if kept else "(no output)"
+
+
+def _docker_daemon_reachable(exe: str) -> bool:
+    try:
+        proc = subprocess.run(
+            [exe, "info", "--format", "{{.ServerVersion}}"], capture_output=True, text=True, timeout=20, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return proc.returncode == 0 and bool(proc.stdout.strip())
+
+
+def _runroot_for(storage: Path) -> Path:
+    """A short, stable runroot for ``storage`` on a tmpfs when possible.
+
+    podman refuses runroots longer than 50 characters, and its database remembers the runroot a
+    store was created with, so it is derived from the storage path rather than chosen per call.
+    """
+    digest = hashlib.sha256(str(Path(storage).resolve()).encode()).hexdigest()[:12]
+    run = Path("/run")
+    base = run / "ai4life-kit" if os.geteuid() == 0 and os.access(run, os.W_OK) else None
+    if base is None:
+        base = Path(tempfile.gettempdir()) / f"ai4life-kit-{os.getuid()}"
+        if len(str(base)) > 36:
+            base = Path("/tmp") / f"ai4life-kit-{os.getuid()}"
+    return base / digest
+
+
+def podman_engine(exe: str, cache: Path | None = None) -> Engine:
+    """Podman with the private ``containers.conf`` and storage under ``cache``."""
+    cache = Path(cache) if cache is not None else container_cache_dir()
+    (cache / "storage").mkdir(parents=True, exist_ok=True)
+    # The first runroot chosen for a store is kept in the cache (podman's database insists on it).
+    remembered = cache / "runroot.txt"
+    runroot = Path(remembered.read_text(encoding="utf-8").strip()) if remembered.is_file() else None
+    if runroot is None or not runroot.is_absolute():
+        runroot = _runroot_for(cache / "storage")
+        remembered.write_text(f"{runroot}\n", encoding="utf-8")
+    runroot.mkdir(parents=True, exist_ok=True, mode=0o700)
+    conf = cache / "containers.conf"
+    if not conf.is_file() or conf.read_text(encoding="utf-8") != CONTAINERS_CONF:
+        conf.write_text(CONTAINERS_CONF, encoding="utf-8")
+    return Engine(
+        name="podman",
+        exe=exe,
+        global_args=("--root", str(cache / "storage"), "--runroot", str(runroot)),
+        env={"CONTAINERS_CONF": str(conf)},
+        cache=cache,
+        runroot=runroot,
+    )
+
+
+def find_engine(preference: str = "auto", cache: Path | None = None) -> Engine | None:
+    """The engine to use, or ``None`` when there is none.
+
+    ``auto`` (or ``$AI4LIFE_KIT_ENGINE``) takes docker when its daemon answers, else podman when it
+    is installed. Naming ``docker`` or ``podman`` explicitly fails with the reason when it cannot
+    work; ``none`` always returns ``None``.
+    """
+    if preference == "auto":
+        preference = os.environ.get(ENGINE_ENV, "auto").strip().lower() or "auto"
+    if preference not in ("auto", "docker", "podman", "none"):
+        raise UserInputError(f"unknown container engine {preference!r}; use auto, docker, podman or none")
+    if preference == "none":
+        return None
+    docker = shutil.which("docker")
+    podman = shutil.which("podman")
+    if preference in ("auto", "docker") and docker and _docker_daemon_reachable(docker):
+        return Engine(name="docker", exe=docker)
+    if preference == "docker":
+        raise ContainerError(
+            "docker cannot be used: " + ("its daemon does not answer" if docker else "it is not installed")
+        )
+    if podman:
+        return podman_engine(podman, cache)
+    if preference == "podman":
+        raise ContainerError("podman is not installed; run scripts/setup-podman.sh (apt-get install podman runc)")
+    return None
+
+
+# -- base image -----------------------------------------------------------------------------------
+
+
+def _deb822_stanzas(text: str) -> Iterator[dict[str, str]]:
+    stanza: dict[str, str] = {}
+    key = None
+    for raw in text.splitlines() + [""]:
+        line = raw.rstrip()
+        if line.startswith("#"):
+            continue
+        if not line.strip():
+            if stanza:
+                yield stanza
+            stanza, key = {}, None
+        elif line[0] in " \t" and key:
+            stanza[key] += " " + line.strip()
+        elif ":" in line:
+            key, value = line.split(":", 1)
+            key = key.strip().lower()
+            stanza[key] = value.strip()
+
+
+def _apt_sources(apt_dir: Path) -> list[tuple[str, list[str], list[str], str | None]]:
+    """(uri, suites, components, signed-by) of every enabled ``deb`` source of the machine."""
+    entries: list[tuple[str, list[str], list[str], str | None]] = []
+    listd = apt_dir / "sources.list.d"
+    for path in sorted(listd.glob("*.sources")) if listd.is_dir() else []:
+        for st in _deb822_stanzas(path.read_text(encoding="utf-8", errors="replace")):
+            if "deb" not in st.get("types", "").split() or st.get("enabled", "yes").lower() == "no":
+                continue
+            for uri in st.get("uris", "").split():
+                suites, components = st.get("suites", "").split(), st.get("components", "").split()
+                entries.append((uri, suites, components, st.get("signed-by")))
+    one_line = [apt_dir / "sources.list"] + (sorted(listd.glob("*.list")) if listd.is_dir() else [])
+    for path in one_line:
+        if not path.is_file():
+            continue
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+            line = line.split("#", 1)[0].strip()
+            if not line.startswith("deb "):
+                continue
+            signed_by = None
+            m = re.match(r"deb\s+\[([^\]]*)\]\s+(.*)", line)
+            if m:
+                opts, rest = m.groups()
+                sb = re.search(r"signed-by=(\S+)", opts)
+                signed_by = sb.group(1) if sb else None
+            else:
+                rest = line[4:]
+            parts = rest.split()
+            if len(parts) >= 3:
+                entries.append((parts[0], [parts[1]], parts[2:], signed_by))
+    return entries
+
+
+def debian_mirror_lines(suite: str = BASE_SUITE, apt_dir: Path = Path("/etc/apt")) -> list[str]:
+    """One-line ``deb`` mirror specs for Debian ``suite``, from the machine's own apt sources.
+
+    Only Debian sources are used (a URI containing ``debian``), with their suite names mapped to
+    ``suite`` (``trixie-updates`` becomes ``bookworm-updates``) and only the ``main`` component, so
+    the base image gets the same mirrors (and snapshots, proxies) the machine itself uses.
+    """
+    lines: list[str] = []
+    for uri, suites, components, signed_by in _apt_sources(Path(apt_dir)):
+        if "debian" not in uri or "main" not in components:
+            continue
+        for host_suite in suites:
+            _, sep, suffix = host_suite.partition("-")
+            if suffix not in ("", "updates", "security"):
+                continue
+            opts = f"[signed-by={signed_by}] " if signed_by and Path(signed_by).is_file() else ""
+            line = f"deb {opts}{uri} {suite}{sep}{suffix} main"
+            if line not in lines:
+                lines.append(line)
+    if not any(f" {suite} main" in line for line in lines):
+        raise ContainerError(
+            f"no Debian apt source found under {apt_dir} to bootstrap a {suite} base image from; "
+            f"pass --base-image (e.g. {DEFAULT_BASE_IMAGE}) on a machine that can reach a registry"
+        )
+    return lines
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _bootstrap_tmpdir() -> str | None:
+    """``/dev/shm`` when it has room: it halves the mmdebstrap time."""
+    try:
+        st = os.statvfs("/dev/shm")
+    except OSError:
+        return None
+    return "/dev/shm" if st.f_bavail * st.f_frsize > 2 * 1024**3 and os.access("/dev/shm", os.W_OK) else None
+
+
+def bootstrap_base_image(engine: Engine, log: Log, image: str = LOCAL_BASE_IMAGE) -> None:
+    """Build ``image`` (Debian bookworm + python3) with mmdebstrap and ``podman import``."""
+    mmdebstrap = shutil.which("mmdebstrap")
+    if mmdebstrap is None:
+        raise ContainerError(
+            "mmdebstrap is not installed (run scripts/setup-podman.sh), and no registry base image was "
+            f"given; pass --base-image {DEFAULT_BASE_IMAGE} if this machine can reach a registry"
+        )
+    mirrors = debian_mirror_lines(BASE_SUITE)
+    uris = dict.fromkeys(m.split()[-3] for m in mirrors)
+    log(f"bootstrapping {image} with mmdebstrap from {', '.join(uris)} (once; cached)")
+    cmd = [
+        mmdebstrap,
+        "--variant=apt",
+        "--include=" + ",".join(BASE_PACKAGES),
+        "--dpkgopt=path-exclude=/usr/share/man/*",
+        "--dpkgopt=path-exclude=/usr/share/info/*",
+        "--dpkgopt=path-exclude=/usr/share/locale/*",
+        "--dpkgopt=path-exclude=/usr/share/doc/*",
+        "--dpkgopt=path-include=/usr/share/doc/*/copyright",
+        "--quiet",
+        BASE_SUITE,
+        "-",
+        *mirrors,
+    ]
+    env = dict(os.environ)
+    tmp = _bootstrap_tmpdir()
+    if tmp:
+        env["TMPDIR"] = tmp
+    start = time.perf_counter()
+    importer_cmd = engine.command(
+        "import", "--message", f"ai4life-kit base: Debian {BASE_SUITE} + python3 (mmdebstrap)", "-", image
+    )
+    with (
+        tempfile.TemporaryFile() as deb_log,
+        subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=deb_log, env=env) as debootstrap,
+        subprocess.Popen(
+            importer_cmd, stdin=debootstrap.stdout, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            env=engine.environ(),
+        ) as importer,
+    ):  # fmt: skip
+        assert debootstrap.stdout is not None
+        debootstrap.stdout.close()  # the importer owns the pipe now
+        _, imp_err = importer.communicate()
+        debootstrap.wait()
+        deb_log.seek(0)
+        deb_err = deb_log.read()
+    if debootstrap.returncode != 0:
+        detail = _tail(deb_err.decode(errors="replace"))
+        raise ContainerError(f"mmdebstrap failed (exit {debootstrap.returncode}): {detail}")
+    if importer.returncode != 0:
+        detail = _tail(imp_err.decode(errors="replace"))
+        raise ContainerError(f"podman import failed (exit {importer.returncode}): {detail}")
+    log(f"base image {image} ready in {time.perf_counter() - start:.0f} s")
+
+
+def ensure_base_image(engine: Engine, log: Log, base_image: str | None = None) -> str:
+    """The base image to build on: ``base_image`` if given, else one that needs no registry.
+
+    docker pulls the Dockerfile's default; podman reuses (or bootstraps once) ``LOCAL_BASE_IMAGE``
+    when mmdebstrap is installed, and otherwise pulls the default.
+    """
+    if base_image:
+        return base_image
+    if engine.name == "docker" or shutil.which("mmdebstrap") is None:
+        return DEFAULT_BASE_IMAGE
+    assert engine.cache is not None
+    with _locked(engine.cache / "base-image.lock"):
+        if not engine.image_exists(LOCAL_BASE_IMAGE):
+            bootstrap_base_image(engine, log)
+    return LOCAL_BASE_IMAGE
+
+
+# -- build, run -----------------------------------------------------------------------------------
+
+
+def _pip_conf(engine: Engine) -> Path:
+    assert engine.cache is not None
+    path = engine.cache / "pip.conf"
+    text = f"[global]\ncert = {HOST_CA_BUNDLE}\n"
+    if not path.is_file() or path.read_text(encoding="utf-8") != text:
+        path.write_text(text, encoding="utf-8")
+    return path
+
+
+def build_image(
+    engine: Engine,
+    context: Path,
+    image: str,
+    log: Log,
+    *,
+    base_image: str | None = None,
+    build_args: dict[str, str] | None = None,
+    log_file: Path | None = None,
+    dockerfile: str = "Dockerfile",
+    no_cache: bool = False,
+) -> float:
+    """Build ``context`` as ``image``; return the seconds it took. The full log goes to ``log_file``."""
+    args = dict(build_args or {})
+    if base_image:
+        args["BASE_IMAGE"] = base_image
+    cmd = ["build", "-t", engine.ref(image), "-f", str(Path(context) / dockerfile)]
+    if no_cache:
+        cmd.append("--no-cache")
+    for key, value in args.items():
+        cmd += ["--build-arg", f"{key}={value}"]
+    if engine.name == "podman":
+        local_base = base_image is not None and engine.image_exists(base_image)
+        cmd += ["--pull=never" if local_base else "--pull=missing", "--network=host", "--layers"]
+        if HOST_CA_BUNDLE.is_file():
+            cmd += ["-v", f"{HOST_CA_BUNDLE}:{HOST_CA_BUNDLE}:ro", "-v", f"{_pip_conf(engine)}:/etc/pip.conf:ro"]
+    cmd.append(str(context))
+    log_file = Path(log_file) if log_file else None
+    if log_file:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    lines: list[str] = []
+    with contextlib.ExitStack() as stack:
+        sink = stack.enter_context(open(log_file, "w", encoding="utf-8")) if log_file else None
+        proc = stack.enter_context(
+            subprocess.Popen(
+                engine.command(*cmd),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                errors="replace",
+                env=engine.environ(),
+            )
+        )
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            if sink:
+                sink.write(line)
+            if re.match(r"^(STEP \d+/\d+:|Step \d+/\d+ :|#\d+ \[)", line):
+                log("  " + line.rstrip()[:160])
+        proc.wait()
+    seconds = time.perf_counter() - start
+    if proc.returncode != 0:
+        where = f" (full log: {log_file})" if log_file else ""
+        raise ContainerError(f"building {image} failed (exit {proc.returncode}){where}: {_tail(''.join(lines), 12)}")
+    return seconds
+
+
+@dataclass
+class ContainerRun:
+    """What one ``run_container`` call observed."""
+
+    returncode: int
+    output: str
+    seconds: float
+    command: list[str]
+
+
+def run_container(
+    engine: Engine,
+    image: str,
+    *,
+    input_dir: Path,
+    output_dir: Path,
+    memory: str = "4g",
+    timeout: float = 3600,
+    extra_args: Sequence[str] = (),
+) -> ContainerRun:
+    """Run ``image`` as Grand Challenge does: no network, read-only root and ``/input``, empty ``/tmp``."""
+    args = [
+        "run",
+        "--rm",
+        "--network=none",
+        "--read-only",
+        f"--memory={memory}",
+        "--tmpfs=/tmp:rw,mode=1777",
+        "-v",
+        f"{Path(input_dir).resolve()}:/input:ro",
+        "-v",
+        f"{Path(output_dir).resolve()}:/output:rw",
+        *extra_args,
+        engine.ref(image),
+    ]
+    cmd = engine.command(*args)
+    start = time.perf_counter()
+    try:
+        proc = subprocess.run(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
+            env=engine.environ(), timeout=timeout, check=False,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired as exc:
+        out = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else (exc.stdout or "")
+        return ContainerRun(124, out + f"\n(timed out after {timeout} s)", time.perf_counter() - start, cmd)
+    return ContainerRun(proc.returncode, proc.stdout, time.perf_counter() - start, cmd)

@@ -1,0 +1,160 @@
+"""Engine set-up and archive verification, without running any container."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import shutil
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from ai4life_kit.challenge import engine as eng
+from ai4life_kit.challenge.save import verify_archive
+from ai4life_kit.errors import UserInputError
+
+DEB822 = """\
+Types: deb
+# http://snapshot.debian.org/archive/debian/20250520T000000Z
+URIs: http://deb.debian.org/debian
+Suites: bookworm bookworm-updates
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+
+Types: deb-src
+URIs: http://deb.debian.org/debian
+Suites: bookworm
+Components: main
+
+Types: deb
+URIs: http://deb.debian.org/debian-security
+Suites: bookworm-security
+Components: main
+Signed-By: /nonexistent/keyring.gpg
+"""
+
+
+def test_mirror_lines_come_from_the_machines_deb822_sources(tmp_path):
+    (tmp_path / "sources.list.d").mkdir()
+    (tmp_path / "sources.list.d" / "debian.sources").write_text(DEB822)
+    lines = eng.debian_mirror_lines("bookworm", tmp_path)
+    keyring = "/usr/share/keyrings/debian-archive-keyring.gpg"
+    signed = f"[signed-by={keyring}] " if Path(keyring).is_file() else ""
+    assert lines == [
+        f"deb {signed}http://deb.debian.org/debian bookworm main",
+        f"deb {signed}http://deb.debian.org/debian bookworm-updates main",
+        "deb http://deb.debian.org/debian-security bookworm-security main",  # missing keyring: not passed on
+    ]
+
+
+def test_mirror_lines_from_one_line_sources_map_the_suite(tmp_path):
+    (tmp_path / "sources.list").write_text(
+        "# a comment\n"
+        "deb http://mirror.example.org/debian trixie main contrib\n"
+        "deb [arch=amd64] http://mirror.example.org/debian trixie-updates main\n"
+        "deb http://mirror.example.org/debian trixie-backports main\n"
+        "deb-src http://mirror.example.org/debian trixie main\n"
+    )
+    assert eng.debian_mirror_lines("bookworm", tmp_path) == [
+        "deb http://mirror.example.org/debian bookworm main",
+        "deb http://mirror.example.org/debian bookworm-updates main",
+    ]
+
+
+def test_mirror_lines_refuse_non_debian_machines(tmp_path):
+    (tmp_path / "sources.list").write_text("deb http://archive.ubuntu.com/ubuntu jammy main\n")
+    with pytest.raises(eng.ContainerError, match=r"no Debian apt source found .* pass --base-image"):
+        eng.debian_mirror_lines("bookworm", tmp_path)
+
+
+def test_podman_engine_uses_a_private_config_store_and_short_runroot(tmp_path):
+    engine = eng.podman_engine("/usr/bin/podman", tmp_path / "a-rather-long-cache-folder-name" / "containers")
+    conf = Path(engine.env["CONTAINERS_CONF"]).read_text()
+    assert 'runtime = "runc"' in conf and 'cgroup_manager = "cgroupfs"' in conf
+    assert 'default_ulimits = ["nofile=16384:16384", "nproc=16384:16384"]' in conf
+    args = engine.global_args
+    assert args[0] == "--root" and args[1].endswith("containers/storage") and args[2] == "--runroot"
+    assert len(args[3]) <= 50  # podman refuses longer runroots
+    again = eng.podman_engine("/usr/bin/podman", tmp_path / "a-rather-long-cache-folder-name" / "containers")
+    assert again.global_args == args  # podman's database insists on the first runroot
+    assert engine.ref("hagen:latest") == "localhost/hagen:latest"
+    assert engine.ref("docker.io/library/python:3.11") == "docker.io/library/python:3.11"
+    shutil.rmtree(engine.runroot)
+
+
+def test_engine_choice(monkeypatch):
+    assert eng.find_engine("none") is None
+    monkeypatch.setenv(eng.ENGINE_ENV, "none")
+    assert eng.find_engine("auto") is None
+    with pytest.raises(UserInputError, match="unknown container engine 'kubernetes'"):
+        eng.find_engine("kubernetes")
+    monkeypatch.setattr(eng.shutil, "which", lambda name: None)
+    with pytest.raises(eng.ContainerError, match=r"podman is not installed; run scripts/setup-podman\.sh"):
+        eng.find_engine("podman")
+    with pytest.raises(eng.ContainerError, match="docker cannot be used: it is not installed"):
+        eng.find_engine("docker")
+
+
+def test_container_cache_dir_follows_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv(eng.CACHE_ENV, str(tmp_path / "x"))
+    assert eng.container_cache_dir() == tmp_path / "x"
+    monkeypatch.delenv(eng.CACHE_ENV)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert eng.container_cache_dir() == tmp_path / "xdg" / "ai4life-kit" / "containers"
+
+
+# -- archives -------------------------------------------------------------------------------------
+
+
+def _docker_archive(path: Path, *, corrupt_layer: bool = False, tag: str = "localhost/x:latest") -> str:
+    layers = []
+    for i in range(2):
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as layer:
+            data = f"layer {i}\n".encode()
+            info = tarfile.TarInfo(f"file{i}.txt")
+            info.size = len(data)
+            layer.addfile(info, io.BytesIO(data))
+        layers.append(buf.getvalue())
+    diff_ids = [f"sha256:{hashlib.sha256(layer).hexdigest()}" for layer in layers]
+    config = json.dumps({"architecture": "amd64", "rootfs": {"type": "layers", "diff_ids": diff_ids}}).encode()
+    config_id = hashlib.sha256(config).hexdigest()
+    names = [f"{d.removeprefix('sha256:')}.tar" for d in diff_ids]
+    manifest = json.dumps([{"Config": f"{config_id}.json", "RepoTags": [tag], "Layers": names}]).encode()
+    if corrupt_layer:
+        layers[1] = layers[1].replace(b"layer 1", b"layer X")
+    with gzip.open(path, "wb") as gz, tarfile.open(fileobj=gz, mode="w") as tar:
+        for name, data in [
+            *zip(names, layers, strict=True),
+            (f"{config_id}.json", config),
+            ("manifest.json", manifest),
+        ]:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return config_id
+
+
+def test_verify_archive_accepts_a_consistent_docker_archive(tmp_path):
+    image_id = _docker_archive(tmp_path / "ok.tar.gz")
+    info = verify_archive(tmp_path / "ok.tar.gz", image_id)
+    assert info["image_id"] == image_id and info["layers"] == 2 and info["tags"] == ["localhost/x:latest"]
+
+
+def test_verify_archive_catches_corruption_wrong_image_and_garbage(tmp_path):
+    _docker_archive(tmp_path / "bad.tar.gz", corrupt_layer=True)
+    with pytest.raises(eng.ContainerError, match="layers do not match"):
+        verify_archive(tmp_path / "bad.tar.gz")
+    _docker_archive(tmp_path / "other.tar.gz")
+    with pytest.raises(eng.ContainerError, match="not the built image"):
+        verify_archive(tmp_path / "other.tar.gz", "0" * 64)
+    (tmp_path / "junk.tar.gz").write_bytes(b"\x1f\x8b not gzip at all")
+    with pytest.raises(eng.ContainerError, match="not a readable image archive"):
+        verify_archive(tmp_path / "junk.tar.gz")
+    with gzip.open(tmp_path / "empty.tar.gz", "wb") as gz, tarfile.open(fileobj=gz, mode="w"):
+        pass
+    with pytest.raises(eng.ContainerError, match=r"no manifest\.json"):
+        verify_archive(tmp_path / "empty.tar.gz")
