@@ -69,7 +69,10 @@ def test_training_improves_psnr(sims, tmp_path, algorithm, dims):
         target = [str(p) for p in sim["gt"]]
     elif algorithm == "n2n":
         target = [str(p) for p in sim["noisy2"]]
-    spec = small_spec(algorithm, dims)
+    # structN2V also hides the pixels along x around each blind spot, so it learns more slowly: in 3D,
+    # 100 steps sit on the edge of convergence (measured: +2.8 dB after 100 steps, +12 dB after 150).
+    epochs = 6 if (algorithm, dims) == ("structn2v", 3) else 4
+    spec = small_spec(algorithm, dims, training__epochs=epochs)
     run = train(spec, data, target, tmp_path / "run", device="cpu", progress=False)
 
     predictor = Predictor.from_run_dir(run, "cpu")
@@ -84,7 +87,7 @@ def test_training_improves_psnr(sims, tmp_path, algorithm, dims):
     assert len(rows) == 1 + spec.training.epochs
     assert (run / "loss.png").stat().st_size > 1000
     summary = json.loads((run / "training_summary.json").read_text())
-    assert summary["algorithm"] == algorithm and summary["steps"] == 100
+    assert summary["algorithm"] == algorithm and summary["steps"] == epochs * spec.training.steps_per_epoch
 
 
 def test_resume_continues_exactly(tmp_path, sims):
