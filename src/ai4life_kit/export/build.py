@@ -510,6 +510,8 @@ def package_run(
                     )
             check_writable(out, overwrite)
             os.replace(tmp_zip, out)
+            if report is not None:
+                report.source = str(out)  # the report names the file the user gets, not the temporary one
         finally:
             if tmp_zip.exists():
                 tmp_zip.unlink()
