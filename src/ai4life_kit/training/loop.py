@@ -50,11 +50,12 @@ def _mask_spec(spec: TrainingSpec) -> MaskSpec | None:
     return MaskSpec(alg.masked_pixel_percentage, alg.roi_size, alg.resolved_replacement, struct_axis, span)
 
 
-def _normalise(ts: TrainingSet, mean, std) -> list[np.ndarray]:
-    shape = (1, -1) + (1,) * (ts.images[0].ndim - 2)
+def _normalise(arrays: list[np.ndarray], mean, std) -> list[np.ndarray]:
+    """``(x - mean[c]) / std[c]`` for canonical ``(S, C, *spatial)`` arrays."""
+    shape = (1, -1) + (1,) * (arrays[0].ndim - 2)
     m = np.asarray(mean, np.float32).reshape(shape)
     s = np.asarray(std, np.float32).reshape(shape)
-    return [(a - m) / s for a in ts.images]
+    return [(a - m) / s for a in arrays]
 
 
 def _loss(pred: torch.Tensor, x: torch.Tensor, y: torch.Tensor | None, mask: torch.Tensor | None, kind: str):
@@ -163,13 +164,8 @@ def train(
         norm = {"mean": mean, "std": std, "target_mean": t_mean, "target_std": t_std}
 
     def sampler_for(s: TrainingSet) -> PatchSampler:
-        imgs = _normalise(s, norm["mean"], norm["std"])
-        tgts = None
-        if s.targets is not None:
-            shape = (1, -1) + (1,) * dims
-            tm = np.asarray(norm["target_mean"], np.float32).reshape(shape)
-            tsd = np.asarray(norm["target_std"], np.float32).reshape(shape)
-            tgts = [(t - tm) / tsd for t in s.targets]
+        imgs = _normalise(s.images, norm["mean"], norm["std"])
+        tgts = None if s.targets is None else _normalise(s.targets, norm["target_mean"], norm["target_std"])
         return PatchSampler(imgs, tgts, patch, dev, s.names)
 
     train_sampler = sampler_for(train_set)
