@@ -123,6 +123,12 @@ class DataConfig(_Strict):
     """Random flips and 90-degree rotations (only along axes the algorithm allows)."""
     val_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.1
     """Share of the data held out for validation (whole files when there are several)."""
+    loading: Literal["auto", "memory", "lazy"] = "auto"
+    """`memory`: read all images into (device) memory, fastest; `lazy`: read patch windows from the
+    files on demand (memory-mapped TIFF, Zarr), for data larger than memory; `auto`: lazy when the
+    data as float32 exceeds 4 GiB."""
+    cache_mb: Annotated[int, Field(ge=0)] = 512
+    """Lazy loading: memory for decoded chunks of compressed TIFF / Zarr inputs."""
 
     @field_validator("axes")
     @classmethod

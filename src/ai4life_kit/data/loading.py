@@ -1,4 +1,9 @@
-"""Load training images (and targets) from TIFFs into canonical arrays, and split off validation."""
+"""Open training images (and targets) as canonical views; load them into memory or keep them lazy.
+
+Small data is read into memory (fastest: patches are gathered on the device). Data whose float32
+size exceeds :data:`AUTO_LAZY_BYTES`, or any data with ``loading: lazy``, stays on disk and is
+sampled window by window (:mod:`ai4life_kit.data.lazy`).
+"""
 
 from __future__ import annotations
 
@@ -7,20 +12,38 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from ai4life_kit.data.axes import Layout
-from ai4life_kit.data.tiff_io import read_image, resolve_inputs
+from ai4life_kit.data.lazy import LazyPatchSampler, sampled_channel_stats
+from ai4life_kit.data.normalization import channel_stats
+from ai4life_kit.data.patches import PatchSampler
+from ai4life_kit.data.sources import ChunkCache, open_source
+from ai4life_kit.data.tiff_io import resolve_inputs
+from ai4life_kit.data.views import CanonicalView
 from ai4life_kit.errors import DataError
 
-__all__ = ["TrainingSet", "load_training_set", "split_validation"]
+__all__ = [
+    "AUTO_LAZY_BYTES",
+    "TrainingSet",
+    "load_training_set",
+    "make_sampler",
+    "split_validation",
+    "training_stats",
+]
+
+# Above this float32 size (inputs + targets) `loading: auto` keeps data on disk: a quarter of a
+# 16 GiB laptop, and more than most GPUs would want to hold as a patch buffer.
+AUTO_LAZY_BYTES = 4 * 2**30
+
+Image = np.ndarray | CanonicalView
 
 
 @dataclass
 class TrainingSet:
-    """Canonical ``(S, C, *spatial)`` float32 arrays with their origin."""
+    """Canonical ``(S, C, *spatial)`` images (float32 arrays, or lazy views) with their origin."""
 
-    images: list[np.ndarray]
-    targets: list[np.ndarray] | None
+    images: list[Image]
+    targets: list[Image] | None
     names: list[str]
     axes: list[str]
     dtypes: list[str]
@@ -30,14 +53,37 @@ class TrainingSet:
     def n_channels(self) -> int:
         return self.images[0].shape[1]
 
+    @property
+    def lazy(self) -> bool:
+        return isinstance(self.images[0], CanonicalView)
+
+
+def _float32_bytes(views: Sequence[CanonicalView]) -> int:
+    return sum(v.size for v in views) * 4
+
 
 def load_training_set(
     data: Sequence[str | Path],
     target: Sequence[str | Path] | None,
     spatial_ndim: int,
     axes: str | None = None,
+    loading: str = "memory",
+    cache_mb: int = 512,
 ) -> TrainingSet:
-    """Read every input (and target) file; check that they fit together.
+    """Open every input (and target) file, check that they fit together, and load or keep them lazy.
+
+    Parameters
+    ----------
+    data, target
+        TIFF files, folders, globs or Zarr / OME-Zarr folders; targets pair up with inputs by order.
+    spatial_ndim
+        2 or 3.
+    axes
+        Axes of the files (default: their metadata).
+    loading
+        ``memory``, ``lazy`` or ``auto`` (lazy above :data:`AUTO_LAZY_BYTES`).
+    cache_mb
+        Decoded-chunk cache for lazily read Zarr / compressed TIFF data.
 
     Raises
     ------
@@ -45,31 +91,77 @@ def load_training_set(
         Missing/corrupt files, wrong axes, NaNs, different channel counts, or target files
         whose number or shapes do not match the inputs.
     """
-    paths = resolve_inputs(list(data), "--data")
-    target_paths = resolve_inputs(list(target), "--target") if target else None
+    paths = resolve_inputs(list(data), "--data", allow_zarr=True)
+    target_paths = resolve_inputs(list(target), "--target", allow_zarr=True) if target else None
     if target_paths is not None and len(target_paths) != len(paths):
         raise DataError(f"--target has {len(target_paths)} file(s) but --data has {len(paths)}; they must pair up")
+    cache = ChunkCache(cache_mb * 2**20)
     images, targets, names, all_axes, dtypes, shapes = [], [], [], [], [], []
     for i, path in enumerate(paths):
-        img = read_image(path, axes, spatial_ndim)
-        layout = Layout.of(img.data.shape, img.axes, spatial_ndim)
-        images.append(layout.to_canonical(img.data))
+        src = open_source(path, axes, spatial_ndim, cache)
+        images.append(CanonicalView(src, spatial_ndim))
         names.append(path.name)
-        all_axes.append(img.axes)
-        dtypes.append(str(img.dtype))
-        shapes.append(tuple(img.data.shape))
+        all_axes.append(src.axes)
+        dtypes.append(str(src.dtype))
+        shapes.append(tuple(src.shape))
         if target_paths is not None:
-            tgt = read_image(target_paths[i], axes, spatial_ndim)
-            if tgt.data.shape != img.data.shape:
+            tgt = open_source(target_paths[i], axes, spatial_ndim, cache)
+            if tgt.shape != src.shape:
                 raise DataError(
-                    f"target {target_paths[i].name} has shape {tgt.data.shape} but input {path.name} "
-                    f"has shape {img.data.shape}"
+                    f"target {target_paths[i].name} has shape {tgt.shape} but input {path.name} has shape {src.shape}"
                 )
-            targets.append(Layout.of(tgt.data.shape, tgt.axes, spatial_ndim).to_canonical(tgt.data))
-    channels = {a.shape[1] for a in images}
+            targets.append(CanonicalView(tgt, spatial_ndim))
+    channels = {v.shape[1] for v in images}
     if len(channels) > 1:
         raise DataError(f"input files have different channel counts {sorted(channels)}; train one model per kind")
+    lazy = loading == "lazy" or (loading == "auto" and _float32_bytes(images + targets) > AUTO_LAZY_BYTES)
+    if not lazy:
+        images = [v.to_array() for v in images]
+        targets = [v.to_array() for v in targets]
     return TrainingSet(images, targets if target_paths is not None else None, names, all_axes, dtypes, shapes)
+
+
+def training_stats(images: Sequence[Image], names: Sequence[str]) -> tuple[list[float], list[float]]:
+    """Exact per-channel statistics of arrays in memory; a bounded sample's for lazy views."""
+    if isinstance(images[0], CanonicalView):
+        return sampled_channel_stats(images, names)
+    return channel_stats(images, names)
+
+
+def _normalise(arrays: Sequence[np.ndarray], mean: Sequence[float], std: Sequence[float]) -> list[np.ndarray]:
+    """``(x - mean[c]) / std[c]`` for canonical ``(S, C, *spatial)`` arrays."""
+    shape = (1, -1) + (1,) * (arrays[0].ndim - 2)
+    m = np.asarray(mean, np.float32).reshape(shape)
+    s = np.asarray(std, np.float32).reshape(shape)
+    return [(a - m) / s for a in arrays]
+
+
+def make_sampler(
+    ts: TrainingSet, norm: dict[str, list[float]], patch: Sequence[int], device: torch.device
+) -> PatchSampler | LazyPatchSampler:
+    """The patch sampler for a training or validation set, normalised with ``norm``."""
+    if ts.lazy:
+        return LazyPatchSampler(
+            ts.images,
+            ts.targets,
+            patch,
+            device,
+            norm["mean"],
+            norm["std"],
+            norm["target_mean"],
+            norm["target_std"],
+            ts.names,
+        )
+    imgs = _normalise(ts.images, norm["mean"], norm["std"])
+    tgts = None if ts.targets is None else _normalise(ts.targets, norm["target_mean"], norm["target_std"])
+    return PatchSampler(imgs, tgts, patch, device, ts.names)
+
+
+def _take(img: Image, axis: int, start: int, stop: int) -> Image:
+    """``img[start:stop]`` along canonical ``axis``, for arrays and lazy views alike."""
+    if isinstance(img, CanonicalView):
+        return img.narrow(axis, start, stop)
+    return img[(slice(None),) * axis + (slice(start, stop),)]
 
 
 def split_validation(
@@ -98,8 +190,9 @@ def split_validation(
     if img.shape[0] > 1:
         n_val = min(max(1, round(img.shape[0] * val_fraction)), img.shape[0] - 1)
         cut = img.shape[0] - n_val
-        tr = subset([img[:cut]], [tgt[:cut]] if tgt is not None else None, ts.names)
-        va = subset([img[cut:]], [tgt[cut:]] if tgt is not None else None, ts.names)
+        n_s = img.shape[0]
+        tr = subset([_take(img, 0, 0, cut)], [_take(tgt, 0, 0, cut)] if tgt is not None else None, ts.names)
+        va = subset([_take(img, 0, cut, n_s)], [_take(tgt, 0, cut, n_s)] if tgt is not None else None, ts.names)
         return tr, va
     # One image: a strip along the longest spatial axis, at least one patch thick.
     spatial = img.shape[2:]
@@ -112,8 +205,8 @@ def split_validation(
             f"validation strip; use a smaller --patch-size, more data, or --val-fraction 0"
         )
     ax = 2 + axis
-    tr_img = np.take(img, range(0, size - strip), axis=ax)
-    va_img = np.take(img, range(size - strip, size), axis=ax)
-    tr_t = [np.take(tgt, range(0, size - strip), axis=ax)] if tgt is not None else None
-    va_t = [np.take(tgt, range(size - strip, size), axis=ax)] if tgt is not None else None
+    tr_img = _take(img, ax, 0, size - strip)
+    va_img = _take(img, ax, size - strip, size)
+    tr_t = [_take(tgt, ax, 0, size - strip)] if tgt is not None else None
+    va_t = [_take(tgt, ax, size - strip, size)] if tgt is not None else None
     return subset([tr_img], tr_t, ts.names), subset([va_img], va_t, ts.names)

@@ -14,11 +14,62 @@ import torch
 
 from ai4life_kit.errors import DataError
 
-__all__ = ["PatchSampler"]
+__all__ = ["PatchPositions", "PatchSampler"]
 
 
-class PatchSampler:
-    """Draw ``(B, C, *patch)`` patches (and the matching target patches) uniformly over positions.
+class PatchPositions:
+    """Uniform random patch positions over all valid positions of all images.
+
+    Parameters
+    ----------
+    shapes
+        Canonical ``(S, C, *spatial)`` shape of every image.
+    patch_size
+        Patch size per spatial axis.
+    device
+        Where the random numbers are drawn (the training generator's device).
+    names
+        File names for error messages.
+    """
+
+    def __init__(
+        self,
+        shapes: Sequence[Sequence[int]],
+        patch_size: Sequence[int],
+        device: torch.device,
+        names: Sequence[str] | None = None,
+    ) -> None:
+        self.patch = tuple(int(p) for p in patch_size)
+        self.device = device
+        self.n_channels = int(shapes[0][1])
+        weights = []
+        for i, shape in enumerate(shapes):
+            spatial = tuple(shape[2:])
+            if any(s < p for s, p in zip(spatial, self.patch, strict=True)):
+                name = names[i] if names is not None else f"image {i}"
+                raise DataError(f"{name}: spatial size {spatial} is smaller than the patch size {self.patch}")
+            weights.append(shape[0] * np.prod([s - p + 1 for s, p in zip(spatial, self.patch, strict=True)]))
+        self.shapes = torch.tensor([list(s) for s in shapes], dtype=torch.int64, device=device)  # (F, 2+nd)
+        self.weights = torch.tensor(weights, dtype=torch.float64, device=device)
+
+    def draw(self, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Random patch positions: ``(file, sample, origin)`` with ``origin`` of shape ``(B, nd)``.
+
+        Uniform over all valid patch positions of all files. :class:`LazyPatchSampler` draws with
+        this same code, so both samplers give the same patches for the same generator state.
+        """
+        nd = len(self.patch)
+        files = torch.multinomial(self.weights, batch_size, replacement=True, generator=generator)
+        shape = self.shapes[files]  # (B, 2+nd)
+        u = torch.rand((batch_size, 1 + nd), device=self.device, generator=generator, dtype=torch.float64)
+        sample = (u[:, 0] * shape[:, 0]).long()
+        patch = torch.tensor(self.patch, device=self.device)
+        origin = (u[:, 1:] * (shape[:, 2:] - patch + 1)).long()
+        return files, sample, origin
+
+
+class PatchSampler(PatchPositions):
+    """Draw ``(B, C, *patch)`` patches (and the matching target patches) from images in memory.
 
     Parameters
     ----------
@@ -42,21 +93,9 @@ class PatchSampler:
         device: torch.device,
         names: Sequence[str] | None = None,
     ) -> None:
-        self.patch = tuple(int(p) for p in patch_size)
-        self.device = device
+        super().__init__([img.shape for img in images], patch_size, device, names)
         nd = len(self.patch)
-        self.n_channels = images[0].shape[1]
-        offsets, sizes, weights = [], [], []
-        offset = 0
-        for i, img in enumerate(images):
-            spatial = img.shape[2:]
-            if any(s < p for s, p in zip(spatial, self.patch, strict=True)):
-                name = names[i] if names is not None else f"image {i}"
-                raise DataError(f"{name}: spatial size {tuple(spatial)} is smaller than the patch size {self.patch}")
-            offsets.append(offset)
-            sizes.append(img.shape)
-            weights.append(img.shape[0] * np.prod([s - p + 1 for s, p in zip(spatial, self.patch, strict=True)]))
-            offset += img.size
+        offsets = np.cumsum([0] + [img.size for img in images[:-1]]).tolist()
         self.buffer = torch.cat([torch.from_numpy(np.ascontiguousarray(a)).reshape(-1) for a in images]).to(device)
         self.target_buffer = None
         if targets is not None:
@@ -64,8 +103,6 @@ class PatchSampler:
                 device
             )
         self.offsets = torch.tensor(offsets, dtype=torch.int64, device=device)
-        self.shapes = torch.tensor([list(s) for s in sizes], dtype=torch.int64, device=device)  # (F, 2+nd)
-        self.weights = torch.tensor(weights, dtype=torch.float64, device=device)
         # Per-axis pixel offsets within a patch and channel offsets, broadcastable to (B, C, *patch)
         self._grids = [
             torch.arange(p, device=device).reshape((1, 1) + tuple(p if j == k else 1 for j in range(nd)))
@@ -77,13 +114,9 @@ class PatchSampler:
         """One batch of (input, target) patches; target is None for self-supervised data."""
         dev = self.device
         nd = len(self.patch)
-        files = torch.multinomial(self.weights, batch_size, replacement=True, generator=generator)
-        shape = self.shapes[files]  # (B, 2+nd)
-        u = torch.rand((batch_size, 1 + nd), device=dev, generator=generator, dtype=torch.float64)
-        sample = (u[:, 0] * shape[:, 0]).long()
+        files, sample, origin = self.draw(batch_size, generator)
+        shape = self.shapes[files]
         spatial = shape[:, 2:]
-        patch = torch.tensor(self.patch, device=dev)
-        origin = (u[:, 1:] * (spatial - patch + 1)).long()
         # strides of a C-contiguous (S, C, *spatial) array
         strides = [torch.ones(batch_size, dtype=torch.int64, device=dev)]
         for k in range(nd - 1, -1, -1):

@@ -38,20 +38,32 @@ class ImageFile:
     dtype: np.dtype
 
 
-def resolve_inputs(inputs: list[str | Path], what: str = "input") -> list[Path]:
-    """Expand files, folders (their ``*.tif``/``*.tiff``) and glob patterns into sorted TIFF paths."""
+def resolve_inputs(inputs: list[str | Path], what: str = "input", allow_zarr: bool = False) -> list[Path]:
+    """Expand files, folders (their ``*.tif``/``*.tiff``) and glob patterns into sorted image paths.
+
+    With ``allow_zarr``, Zarr / OME-Zarr folders count as images: given directly, matched by a
+    glob, or found (``*.zarr``) inside a given folder.
+    """
+    from ai4life_kit.data.sources import is_zarr_path
+
+    def is_image(f: Path) -> bool:
+        return (f.is_file() and f.suffix.lower() in TIFF_SUFFIXES) or (allow_zarr and is_zarr_path(f))
+
+    kinds = ".tif/.tiff" + (" or .zarr" if allow_zarr else "")
     found: list[Path] = []
     for item in inputs:
         p = Path(item)
-        if p.is_dir():
-            files = sorted(f for f in p.iterdir() if f.suffix.lower() in TIFF_SUFFIXES and f.is_file())
+        if allow_zarr and is_zarr_path(p):
+            found.append(p)
+        elif p.is_dir():
+            files = sorted(f for f in p.iterdir() if is_image(f))
             if not files:
-                raise DataError(f"{what} folder {p} contains no .tif/.tiff files")
+                raise DataError(f"{what} folder {p} contains no {kinds} files")
             found.extend(files)
         elif p.is_file():
             found.append(p)
         elif any(ch in str(item) for ch in "*?["):
-            matches = sorted(Path(m) for m in glob.glob(str(item)) if Path(m).is_file())
+            matches = sorted(Path(m) for m in glob.glob(str(item)) if Path(m).is_file() or is_image(Path(m)))
             if not matches:
                 raise DataError(f"{what} pattern {item!r} matches no file")
             found.extend(matches)

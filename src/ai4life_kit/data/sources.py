@@ -1,0 +1,424 @@
+"""Lazy image sources: read windows of images that need not fit in memory.
+
+Three kinds, chosen by :func:`open_source` from the file itself:
+
+* ``MemmapTiffSource``: uncompressed, contiguous TIFFs (what tifffile, ImageJ and most
+  acquisition software write). Every read maps the file, copies the window and unmaps it
+  again, so touched pages never accumulate in the process's resident memory; the kernel's page
+  cache does the caching.
+* ``ChunkedSource``: Zarr / OME-Zarr arrays (``zarr`` package) and compressed or tiled TIFFs (read
+  through tifffile's Zarr store). Windows are assembled from decoded chunks kept in a shared
+  :class:`ChunkCache` with a byte budget.
+* ``ArraySource``: an array already in memory (tests, small files, the Python API).
+
+Every source reports its shape, dtype and axes (kit letters, in the file's order) and
+:meth:`ImageSource.read` returns the window in those native axes and dtype.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tifffile
+
+from ai4life_kit.data.axes import guess_axes, validate_axes
+from ai4life_kit.errors import DataError
+
+__all__ = [
+    "ArraySource",
+    "ChunkCache",
+    "ChunkedSource",
+    "ImageSource",
+    "MemmapTiffSource",
+    "MemmapTiffTarget",
+    "ZarrTarget",
+    "is_zarr_path",
+    "open_source",
+    "require_zarr",
+    "DEFAULT_CACHE",
+]
+
+# tifffile letter -> kit letter (its 'S' is RGB samples = a channel; sequences are samples)
+_FROM_TIFFFILE = {"S": "C", "C": "C", "I": "S", "Q": "?", "T": "T", "Z": "Z", "Y": "Y", "X": "X", "E": "C", "R": "S"}
+# OME-NGFF axis names -> kit letters
+_FROM_NGFF = {"s": "S", "t": "T", "c": "C", "z": "Z", "y": "Y", "x": "X"}
+ZARR_HINT = "reading Zarr needs the zarr package: pip install 'ai4life-kit[zarr]'"
+
+
+class ChunkCache:
+    """Least-recently-used decoded chunks, bounded in bytes, shared by all chunked sources."""
+
+    def __init__(self, max_bytes: int = 512 * 2**20) -> None:
+        self.max_bytes = int(max_bytes)
+        self.nbytes = 0
+        self.hits = 0
+        self.misses = 0
+        self._items: OrderedDict[Any, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Any, load) -> np.ndarray:
+        """The chunk for ``key``, calling ``load()`` on a miss."""
+        with self._lock:
+            chunk = self._items.get(key)
+            if chunk is not None:
+                self._items.move_to_end(key)
+                self.hits += 1
+                return chunk
+        chunk = load()
+        with self._lock:
+            self.misses += 1
+            if chunk.nbytes <= self.max_bytes and key not in self._items:
+                self._items[key] = chunk
+                self.nbytes += chunk.nbytes
+                while self.nbytes > self.max_bytes:
+                    _, old = self._items.popitem(last=False)
+                    self.nbytes -= old.nbytes
+        return chunk
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+            self.nbytes = 0
+
+
+DEFAULT_CACHE = ChunkCache()
+
+
+class ImageSource:
+    """An image whose windows can be read without loading all of it.
+
+    Attributes
+    ----------
+    path
+        Where it comes from (for messages).
+    axes
+        Kit axes letters in the order of :attr:`shape`.
+    shape, dtype
+        Of the whole image, in its native order and type.
+    """
+
+    path: Path
+    axes: str
+    shape: tuple[int, ...]
+    dtype: np.dtype
+
+    def read(self, key: tuple[slice, ...]) -> np.ndarray:
+        """The window ``key`` (one slice per axis, step 1) in native axes and dtype."""
+        raise NotImplementedError
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+
+    def read_all(self) -> np.ndarray:
+        return self.read(tuple(slice(0, n) for n in self.shape))
+
+    def close(self) -> None:
+        """Release file handles."""
+
+
+class ArraySource(ImageSource):
+    """An in-memory array (no copy) seen as a source."""
+
+    def __init__(self, array: np.ndarray, axes: str, path: str | Path = "<array>") -> None:
+        self.array = array
+        self.axes = validate_axes(axes, array.ndim)
+        self.shape = tuple(array.shape)
+        self.dtype = array.dtype
+        self.path = Path(path)
+
+    def read(self, key: tuple[slice, ...]) -> np.ndarray:
+        return np.array(self.array[key])
+
+    def write(self, key: tuple[slice, ...], data: np.ndarray) -> None:
+        """Store ``data`` (native axes) at the window ``key`` of the array."""
+        self.array[key] = data
+
+
+class MemmapTiffSource(ImageSource):
+    """An uncompressed contiguous TIFF series, read through a short-lived memory map per window."""
+
+    def __init__(self, path: Path, axes: str, shape: tuple[int, ...], dtype: np.dtype, offset: int) -> None:
+        self.path, self.axes, self.shape, self.offset = path, axes, tuple(shape), int(offset)
+        self._file_dtype = dtype  # may be big-endian
+        self.dtype = dtype.newbyteorder("=")
+
+    def read(self, key: tuple[slice, ...]) -> np.ndarray:
+        mm = np.memmap(self.path, dtype=self._file_dtype, mode="r", offset=self.offset, shape=self.shape)
+        window = np.array(mm[key], dtype=self.dtype)
+        del mm  # the last reference: the file is unmapped now and its pages leave this process's RSS
+        return window
+
+
+class ChunkedSource(ImageSource):
+    """A chunked array (``zarr.Array`` or tifffile's Zarr view of a TIFF) read through a chunk cache."""
+
+    def __init__(self, array: Any, axes: str, path: Path, cache: ChunkCache | None = None, handle: Any = None) -> None:
+        self.array, self.axes, self.path = array, axes, path
+        self.shape = tuple(int(n) for n in array.shape)
+        self.dtype = np.dtype(array.dtype)
+        self.chunks = tuple(int(c) for c in array.chunks)
+        self.cache = DEFAULT_CACHE if cache is None else cache
+        # A key that is never reused: id(self) could be, once this source is freed, and a new
+        # source would then be served this one's cached chunks.
+        self._cache_token = object()
+        self._handle = handle  # keeps a TiffFile open while its Zarr store is in use
+
+    def _chunk(self, index: tuple[int, ...]) -> np.ndarray:
+        key = tuple(slice(i * c, min((i + 1) * c, n)) for i, c, n in zip(index, self.chunks, self.shape, strict=True))
+        return self.cache.get((self._cache_token, index), lambda: np.asarray(self.array[key]))
+
+    def read(self, key: tuple[slice, ...]) -> np.ndarray:
+        lo = [s.start for s in key]
+        hi = [s.stop for s in key]
+        out = np.empty([b - a for a, b in zip(lo, hi, strict=True)], dtype=self.dtype)
+        ranges = [range(a // c, (b - 1) // c + 1) for a, b, c in zip(lo, hi, self.chunks, strict=True)]
+        for index in itertools.product(*ranges):
+            chunk = self._chunk(index)
+            starts = [i * c for i, c in zip(index, self.chunks, strict=True)]
+            a = [max(a, s) for a, s in zip(lo, starts, strict=True)]
+            b = [min(b, s + n) for b, s, n in zip(hi, starts, chunk.shape, strict=True)]
+            out[tuple(slice(x - o, y - o) for x, y, o in zip(a, b, lo, strict=True))] = chunk[
+                tuple(slice(x - s, y - s) for x, y, s in zip(a, b, starts, strict=True))
+            ]
+        return out
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+
+
+# -- writable outputs ---------------------------------------------------------------------
+# Both are created at a path chosen by the caller (a temporary name, see
+# ai4life_kit.prediction.streaming.create_output) and then written window by window.
+
+
+def _leading_block(shape: tuple[int, ...], key: tuple[slice, ...]) -> tuple[int, tuple[int, ...], tuple[slice, ...]]:
+    """The smallest C-order block of whole trailing rows that holds the window ``key``.
+
+    Leading axes where the window has length 1 are fixed, the first longer axis gives the
+    block's extent and all later axes are whole. Returns the block's first element (flat
+    index), its shape, and the window's key inside it.
+    """
+    strides = [int(np.prod(shape[k + 1 :], dtype=np.int64)) for k in range(len(shape))]
+    start = 0
+    for k, s in enumerate(key):
+        start += s.start * strides[k]
+        if s.stop - s.start > 1 or k == len(shape) - 1:
+            return start, (s.stop - s.start, *shape[k + 1 :]), (slice(None), *key[k + 1 :])
+    raise ValueError("empty key")  # unreachable: the last axis always returns
+
+
+class MemmapTiffTarget(MemmapTiffSource):
+    """A new uncompressed TIFF written window by window through short-lived memory maps.
+
+    The file is created by :func:`tifffile.memmap` (a sparse file: nothing is written until a
+    window is) with the axes metadata, photometric and resolution unit of
+    :func:`~ai4life_kit.data.tiff_io.write_image`, and the same classic/BigTIFF choice (BigTIFF
+    only above 4 GiB - 32 MiB). Each :meth:`write` maps only the rows its window spans, copies
+    the window, flushes and unmaps, so written pages never accumulate in the process's RSS.
+    """
+
+    @classmethod
+    def create(
+        cls, path: str | Path, shape: tuple[int, ...], axes: str, dtype: np.dtype | type = np.float32
+    ) -> MemmapTiffTarget:
+        """Create (or replace) ``path`` as an empty TIFF of ``shape`` with kit ``axes``."""
+        from ai4life_kit.data.tiff_io import _TO_TIFFFILE  # one table for both writers
+
+        path = Path(path)
+        axes = validate_axes(axes, len(shape))
+        mm = tifffile.memmap(
+            path,
+            shape=tuple(int(n) for n in shape),
+            dtype=np.dtype(dtype),
+            metadata={"axes": "".join(_TO_TIFFFILE[a] for a in axes)},
+            resolution=(1.0, 1.0),
+            resolutionunit="CENTIMETER",
+            photometric="minisblack",
+        )
+        offset, file_dtype = int(mm.offset), mm.dtype
+        del mm  # unmapped; writes map the file again, a few rows at a time
+        return cls(path, axes, tuple(int(n) for n in shape), file_dtype, offset)
+
+    def write(self, key: tuple[slice, ...], data: np.ndarray) -> None:
+        """Store ``data`` (native axes) at the window ``key``."""
+        first, block_shape, block_key = _leading_block(self.shape, key)
+        offset = self.offset + first * self._file_dtype.itemsize
+        mm = np.memmap(self.path, dtype=self._file_dtype, mode="r+", offset=offset, shape=block_shape)
+        mm[block_key] = data
+        # Write back now (prediction writes from a background thread, so this overlaps the model)
+        # rather than leaving gigabytes of dirty page cache to be flushed after the last tile.
+        mm.flush()
+        del mm  # the last reference: unmapped, so the written pages leave this process's RSS
+
+
+def require_zarr(path: Path, action: str = "writing") -> Any:
+    """The ``zarr`` module, or a one-line :class:`DataError` saying how to install it."""
+    try:
+        import zarr
+    except ImportError:
+        raise DataError(f"{path}: {action} Zarr needs the zarr package: pip install 'ai4life-kit[zarr]'") from None
+    return zarr
+
+
+class ZarrTarget(ChunkedSource):
+    """A new Zarr v3 array written window by window (chunk-aligned windows need no read-back).
+
+    Axes are stored both as Zarr v3 ``dimension_names`` and as xarray's ``_ARRAY_DIMENSIONS``
+    attribute (lower-case kit letters), which :func:`open_source` reads back (it knows the
+    OME-NGFF names ``t c z y x``; an ``s`` axis is not among them, so such axes are guessed).
+    """
+
+    @classmethod
+    def create(
+        cls,
+        path: str | Path,
+        shape: tuple[int, ...],
+        axes: str,
+        chunks: tuple[int, ...] | None = None,
+        dtype: np.dtype | type = np.float32,
+    ) -> ZarrTarget:
+        """Create a Zarr array at ``path`` (a new or empty folder)."""
+        path = Path(path)
+        zarr = require_zarr(path)
+        axes = validate_axes(axes, len(shape))
+        shape = tuple(int(n) for n in shape)
+        if chunks is None:
+            chunks = tuple(n if a in "YX" else 1 for a, n in zip(axes, shape, strict=True))
+        chunks = tuple(max(1, min(int(c), n)) for c, n in zip(chunks, shape, strict=True))
+        names = [a.lower() for a in axes]
+        array = zarr.create_array(
+            store=str(path),
+            shape=shape,
+            chunks=chunks,
+            dtype=np.dtype(dtype),
+            fill_value=0,
+            dimension_names=names,
+            attributes={"_ARRAY_DIMENSIONS": names},
+        )
+        # No decoded chunks are cached for a target: reads (tests, checks) must see what was written.
+        return cls(array, axes, path, cache=ChunkCache(0))
+
+    def write(self, key: tuple[slice, ...], data: np.ndarray) -> None:
+        """Store ``data`` (native axes) at the window ``key``."""
+        self.array[key] = data
+
+
+def is_zarr_path(path: str | Path) -> bool:
+    """A ``.zarr`` / ``.ome.zarr`` folder (or any folder with Zarr metadata)."""
+    p = Path(path)
+    if not p.is_dir():
+        return False
+    return p.suffix.lower() == ".zarr" or any((p / m).is_file() for m in ("zarr.json", ".zarray", ".zgroup"))
+
+
+def _tiff_axes(tif: tifffile.TiffFile) -> str | None:
+    series = tif.series[0]
+    if not (tif.is_ome or tif.is_imagej or tif.is_shaped):
+        return None
+    axes = "".join(_FROM_TIFFFILE.get(a, "?") for a in series.axes.upper())
+    if "?" in axes or len(set(axes)) != len(axes):
+        return None
+    return axes
+
+
+def _resolve_axes(given: str | None, from_file: str | None, shape: tuple[int, ...], spatial_ndim: int) -> str:
+    if given is not None:
+        return validate_axes(given, len(shape))
+    if from_file is not None:
+        return validate_axes(from_file, len(shape))
+    return guess_axes(shape, spatial_ndim)
+
+
+def _open_tiff(path: Path, axes: str | None, spatial_ndim: int, cache: ChunkCache | None) -> ImageSource:
+    tiff_logger = logging.getLogger("tifffile")
+    level = tiff_logger.level
+    tiff_logger.setLevel(logging.CRITICAL)  # our one-line error says it; tifffile would log too
+    try:
+        tif = tifffile.TiffFile(path)
+    except Exception as exc:
+        raise DataError(f"{path} is not a readable TIFF ({type(exc).__name__}: {exc})") from None
+    finally:
+        tiff_logger.setLevel(level)
+    keep_open = False
+    try:
+        if not tif.series or not tif.pages:
+            raise DataError(f"{path} is not a readable TIFF (it contains no image)")
+        series = tif.series[0]
+        dtype = np.dtype(series.dtype)
+        if dtype.kind not in "uif":
+            raise DataError(f"{path} has unsupported dtype {dtype} (need integer or float pixels)")
+        shape = tuple(int(n) for n in series.shape)
+        resolved = _resolve_axes(axes, _tiff_axes(tif), shape, spatial_ndim)
+        if series.dataoffset is not None:
+            file_dtype = dtype.newbyteorder(tif.byteorder)
+            return MemmapTiffSource(path, resolved, shape, file_dtype, series.dataoffset)
+        try:
+            import zarr
+        except ImportError:
+            # Without zarr a compressed TIFF can still be used, read whole.
+            return ArraySource(series.asarray(), resolved, path)
+        array = zarr.open(series.aszarr(level=0), mode="r")
+        keep_open = True
+        return ChunkedSource(array, resolved, path, cache, handle=tif)
+    finally:
+        if not keep_open:
+            tif.close()
+
+
+def _open_zarr(path: Path, axes: str | None, spatial_ndim: int, cache: ChunkCache | None) -> ImageSource:
+    try:
+        import zarr
+    except ImportError:
+        raise DataError(f"{path}: {ZARR_HINT}") from None
+    try:
+        node = zarr.open(str(path), mode="r")
+    except Exception as exc:
+        raise DataError(f"{path} is not a readable Zarr ({type(exc).__name__}: {exc})") from None
+    file_axes = None
+    if isinstance(node, zarr.Group):
+        attrs = dict(node.attrs)
+        multiscales = attrs.get("multiscales") or attrs.get("ome", {}).get("multiscales")
+        if not multiscales:
+            raise DataError(f"{path} is a Zarr group without OME-Zarr 'multiscales': give the array's folder")
+        first = multiscales[0]
+        names = [a["name"] if isinstance(a, dict) else a for a in first.get("axes", [])]
+        if names:
+            letters = [_FROM_NGFF.get(str(n).lower(), "?") for n in names]
+            file_axes = None if "?" in letters else "".join(letters)
+        node = node[first["datasets"][0]["path"]]
+    else:
+        dims = node.attrs.get("_ARRAY_DIMENSIONS")  # xarray's convention
+        if dims:
+            letters = [_FROM_NGFF.get(str(n).lower(), "?") for n in dims]
+            file_axes = None if "?" in letters else "".join(letters)
+    if np.dtype(node.dtype).kind not in "uif":
+        raise DataError(f"{path} has unsupported dtype {node.dtype} (need integer or float pixels)")
+    shape = tuple(int(n) for n in node.shape)
+    return ChunkedSource(node, _resolve_axes(axes, file_axes, shape, spatial_ndim), path, cache)
+
+
+def open_source(
+    path: str | Path, axes: str | None = None, spatial_ndim: int = 2, cache: ChunkCache | None = None
+) -> ImageSource:
+    """Open a TIFF or Zarr image lazily; axes from ``axes``, else the file's metadata, else a guess.
+
+    Raises
+    ------
+    DataError
+        Missing, unreadable or unsupported files, and axes that do not fit the image.
+    """
+    path = Path(path)
+    if is_zarr_path(path):
+        return _open_zarr(path, axes, spatial_ndim, cache)
+    if not path.is_file():
+        raise DataError(f"input {path} does not exist")
+    return _open_tiff(path, axes, spatial_ndim, cache)
