@@ -33,6 +33,12 @@ def train(
     patch_size: Annotated[str | None, typer.Option(help="Override data.patch_size, e.g. 64,64.")] = None,
     val_fraction: Annotated[float | None, typer.Option(min=0.0, max=0.95, help="Override data.val_fraction.")] = None,
     precision: Annotated[str | None, typer.Option(help="auto (bf16 on CUDA), fp32 or bf16.")] = None,
+    loading: Annotated[
+        str | None,
+        typer.Option(
+            help="Override data.loading: memory, lazy (read patches from disk; for data larger than RAM) or auto."
+        ),
+    ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
     seed: Annotated[int | None, typer.Option(help="Override training.seed.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run in --out.")] = False,
@@ -73,6 +79,7 @@ def train(
         ("data", "patch_size"): parse_sizes(patch_size, "--patch-size"),
         ("data", "val_fraction"): val_fraction,
         ("data", "axes"): axes,
+        ("data", "loading"): loading,
     }
     for (section, key), value in overrides.items():
         if value is not None:
@@ -80,8 +87,10 @@ def train(
     resolved = parse_spec(raw, f"{spec} (with command-line overrides)")
 
     from ai4life_kit.training import train as run_training
+    from ai4life_kit.training.distributed import launch_rank
 
     console = Console(stderr=True)
     t0 = time.perf_counter()
     run_training(resolved, data, target, out, device=device, resume=resume, overwrite=overwrite, progress=not quiet)
-    console.print(f"Run directory: [bold]{out}[/] ({time.perf_counter() - t0:.1f} s)")
+    if launch_rank() == 0:  # under torchrun every process gets here; one line is enough
+        console.print(f"Run directory: [bold]{out}[/] ({time.perf_counter() - t0:.1f} s)")

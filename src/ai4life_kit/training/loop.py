@@ -2,6 +2,10 @@
 
 load data -> normalise -> sampler on the device -> model/optimiser -> (resume) ->
 epochs of [sample, augment, mask, forward, loss, step] -> validate -> checkpoint, log, plot.
+
+Under ``torchrun`` every process runs this same loop on its share of the batch (DDP averages the
+gradients); rank 0 alone validates, writes the run directory and shows progress
+(see :mod:`ai4life_kit.training.distributed`).
 """
 
 from __future__ import annotations
@@ -18,16 +22,16 @@ import torch
 from ai4life_kit.config import TrainingSpec, save_spec
 from ai4life_kit.config.spec import StructN2VAlgorithm
 from ai4life_kit.data.augment import augment_batch
-from ai4life_kit.data.loading import TrainingSet, load_training_set, split_validation
+from ai4life_kit.data.loading import load_training_set, make_sampler, split_validation, training_stats
 from ai4life_kit.data.masking import MaskSpec, mask_batch
-from ai4life_kit.data.normalization import channel_stats
-from ai4life_kit.data.patches import PatchSampler
+from ai4life_kit.data.patches import PatchPositions
 from ai4life_kit.errors import DataError, OutputExistsError
 from ai4life_kit.fileio import atomic_write_text, prepare_output_dir
 from ai4life_kit.models import build_model, model_args
 from ai4life_kit.prediction.predictor import load_checkpoint
 from ai4life_kit.runtime import autocast, channels_last, resolve_device
 from ai4life_kit.training.checkpoint import save_checkpoint
+from ai4life_kit.training.distributed import DistContext, launch_world_size, local_batch_size
 from ai4life_kit.training.progress import EpochProgress
 from ai4life_kit.training.report import plot_losses, read_metrics, write_metrics, write_summary
 
@@ -50,14 +54,6 @@ def _mask_spec(spec: TrainingSpec) -> MaskSpec | None:
     return MaskSpec(alg.masked_pixel_percentage, alg.roi_size, alg.resolved_replacement, struct_axis, span)
 
 
-def _normalise(arrays: list[np.ndarray], mean, std) -> list[np.ndarray]:
-    """``(x - mean[c]) / std[c]`` for canonical ``(S, C, *spatial)`` arrays."""
-    shape = (1, -1) + (1,) * (arrays[0].ndim - 2)
-    m = np.asarray(mean, np.float32).reshape(shape)
-    s = np.asarray(std, np.float32).reshape(shape)
-    return [(a - m) / s for a in arrays]
-
-
 def _loss(pred: torch.Tensor, x: torch.Tensor, y: torch.Tensor | None, mask: torch.Tensor | None, kind: str):
     pred = pred.float()
     if mask is not None:  # blind-spot loss: only the masked pixels, against their true noisy values
@@ -66,7 +62,7 @@ def _loss(pred: torch.Tensor, x: torch.Tensor, y: torch.Tensor | None, mask: tor
     return diff.abs().mean() if kind == "mae" else (diff**2).mean()
 
 
-def _fixed_validation(sampler: PatchSampler, n: int, batch: int, mspec: MaskSpec | None, seed: int):
+def _fixed_validation(sampler: PatchPositions, n: int, batch: int, mspec: MaskSpec | None, seed: int):
     """The same validation batches for every epoch (and after a resume): drawn from a fixed seed."""
     gen = torch.Generator(device=sampler.device).manual_seed(seed + 7919)
     batches = []
@@ -113,6 +109,56 @@ def _scheduler(opt, spec: TrainingSpec):
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
 
 
+def _rank_seed(seed: int, rank: int, epoch: int) -> int:
+    """A fresh, reproducible seed for ``rank``'s patch stream when resuming after ``epoch``."""
+    entropy = [(seed + rank) % 2**64, epoch]  # SeedSequence takes non-negative integers only
+    return int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0])
+
+
+def _restore_rng(gen: torch.Generator, state: dict, dist: DistContext, seed: int) -> None:
+    """Continue this rank's patch stream where the checkpoint left it.
+
+    Checkpoints from before multi-process training hold only ``rng_state`` (one process). With
+    another number of processes than the checkpoint's there is no stream to continue for every
+    rank, so each rank starts a new deterministic one from ``(seed + rank, epoch)``.
+    """
+    states = state.get("rng_states", [state["rng_state"]])
+    if state.get("world_size", 1) == dist.world_size and len(states) == dist.world_size:
+        gen.set_state(states[dist.rank])
+    else:
+        gen.manual_seed(_rank_seed(seed, dist.rank, state["epoch"]))
+
+
+def _prepare_run_dir(
+    out: Path, spec: TrainingSpec, norm: dict, *, resume: bool, resuming: bool, overwrite: bool
+) -> None:
+    """Create (or, resuming, tidy) the run directory and write the spec and normalisation (rank 0)."""
+    ckpt_dir = out / "checkpoints"
+    if not resume:
+        prepare_output_dir(out, overwrite, is_ours=is_run_dir)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    for stale_tmp in [*out.glob(".*.tmp*"), *ckpt_dir.glob(".*.tmp*")]:
+        stale_tmp.unlink()  # left by a killed run: atomic writes never reached their rename
+    if not resuming:
+        atomic_write_text(out / "normalization.json", json.dumps(norm, indent=2))
+        save_spec(spec, out / "spec.yaml")
+
+
+def _write_epoch(out: Path, last: dict, best: dict | None, rows: list[dict]) -> None:
+    """Checkpoints and metrics of a finished epoch (rank 0)."""
+    if best is not None:
+        save_checkpoint(best, out / "checkpoints" / "best.pt")
+    save_checkpoint(last, out / "checkpoints" / "last.pt")
+    write_metrics(rows, out / "metrics.csv")
+
+
+def _write_report(out: Path, rows: list[dict], title: str, summary: dict) -> None:
+    """Loss plot and training summary at the end of the session (rank 0)."""
+    if rows:
+        plot_losses(rows, out / "loss.png", title)
+    write_summary(summary, out / "training_summary.json")
+
+
 def train(
     spec: TrainingSpec,
     data: Sequence[str | Path],
@@ -128,10 +174,13 @@ def train(
 
     With ``resume`` an interrupted run continues from ``out/checkpoints/last.pt`` (at most the
     epoch in progress is lost); its saved spec and normalisation are reused. Returns ``out``.
+
+    Launched by ``torchrun`` with several processes, each process trains on
+    ``training.batch_size / processes`` patches per step of its own random stream (DDP) and only
+    rank 0 validates and writes; the run directory is the same as a single process would write.
     """
     out = Path(out)
-    ckpt_dir = out / "checkpoints"
-    last_path = ckpt_dir / "last.pt"
+    last_path = out / "checkpoints" / "last.pt"
     resuming = resume and last_path.is_file()
     occupied = out.exists() and (not out.is_dir() or any(out.iterdir()))
     if resume and occupied and not is_run_dir(out):
@@ -142,11 +191,42 @@ def train(
         raise DataError(f"{spec.algorithm.name} is self-supervised: it trains on noisy images only; drop --target")
     if not spec.is_self_supervised and not target:
         raise DataError(f"{spec.algorithm.name} needs --target images (clean for CARE, a second noisy set for n2n)")
+    # Checked before the processes connect: a wrong recipe fails at once, the same way on every rank.
+    local_batch = local_batch_size(spec.training.batch_size, launch_world_size())
+    with DistContext.from_env(resolve_device(device)) as dist:
+        return _train(
+            spec,
+            data,
+            target,
+            out,
+            dist,
+            local_batch=local_batch,
+            resume=resume,
+            resuming=resuming,
+            overwrite=overwrite,
+            progress=progress,
+        )
 
+
+def _train(
+    spec: TrainingSpec,
+    data: Sequence[str | Path],
+    target: Sequence[str | Path] | None,
+    out: Path,
+    dist: DistContext,
+    *,
+    local_batch: int,
+    resume: bool,
+    resuming: bool,
+    overwrite: bool,
+    progress: bool,
+) -> Path:
+    """:func:`train` once the arguments are checked, in every process of the run."""
+    last_path = out / "checkpoints" / "last.pt"
     # Everything that can reject the data happens before the run directory is touched.
-    dev = resolve_device(device)
+    dev = dist.device
     dims = spec.data.dims
-    ts = load_training_set(data, target, dims, spec.data.axes)
+    ts = load_training_set(data, target, dims, spec.data.axes, spec.data.loading, spec.data.cache_mb)
     if spec.data.n_channels is not None and spec.data.n_channels != ts.n_channels:
         raise DataError(f"the spec says data.n_channels={spec.data.n_channels} but the images have {ts.n_channels}")
     spec = spec.model_copy(deep=True)
@@ -157,38 +237,32 @@ def train(
     if resuming and norm_path.is_file():
         norm = json.loads(norm_path.read_text())
     else:
-        mean, std = channel_stats(train_set.images, train_set.names)
+        mean, std = training_stats(train_set.images, train_set.names)
         t_mean, t_std = (mean, std)
         if train_set.targets is not None:
-            t_mean, t_std = channel_stats(train_set.targets, [f"target {n}" for n in train_set.names])
+            t_mean, t_std = training_stats(train_set.targets, [f"target {n}" for n in train_set.names])
         norm = {"mean": mean, "std": std, "target_mean": t_mean, "target_std": t_std}
 
-    def sampler_for(s: TrainingSet) -> PatchSampler:
-        imgs = _normalise(s.images, norm["mean"], norm["std"])
-        tgts = None if s.targets is None else _normalise(s.targets, norm["target_mean"], norm["target_std"])
-        return PatchSampler(imgs, tgts, patch, dev, s.names)
+    train_sampler = make_sampler(train_set, norm, patch, dev)
+    val_sampler = make_sampler(val_set, norm, patch, dev) if val_set is not None else train_sampler
 
-    train_sampler = sampler_for(train_set)
-    val_sampler = sampler_for(val_set) if val_set is not None else train_sampler
-
-    if not resume:
-        prepare_output_dir(out, overwrite, is_ours=is_run_dir)
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    for stale_tmp in [*out.glob(".*.tmp*"), *ckpt_dir.glob(".*.tmp*")]:
-        stale_tmp.unlink()  # left by a killed run: atomic writes never reached their rename
-    if not resuming:
-        atomic_write_text(norm_path, json.dumps(norm, indent=2))
-        save_spec(spec, out / "spec.yaml")
+    # Rank 0 creates or replaces the run directory only once every rank has passed the checks above
+    # (no rank may find the fresh directory and call it "already exists"); the others go on once it exists.
+    dist.barrier()
+    dist.run_on_main(_prepare_run_dir, out, spec, norm, resume=resume, resuming=resuming, overwrite=overwrite)
     cfg = spec.training
     torch.manual_seed(cfg.seed)
     layout = channels_last(dims)
     model = build_model(spec).to(dev, memory_format=layout)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
     sched = _scheduler(opt, spec)
-    gen = torch.Generator(device=dev).manual_seed(cfg.seed)
+    # Every rank draws its own patches; rank 0 keeps the single-process stream.
+    gen = torch.Generator(device=dev).manual_seed(cfg.seed + dist.rank)
     mspec = _mask_spec(spec)
     loss_kind = getattr(spec.algorithm, "loss", "mse")
-    val_batches = _fixed_validation(val_sampler, cfg.val_patches, cfg.batch_size, mspec, cfg.seed)
+    val_batches = (
+        _fixed_validation(val_sampler, cfg.val_patches, cfg.batch_size, mspec, cfg.seed) if dist.is_main else []
+    )
     rotate = patch[-1] == patch[-2] and not isinstance(spec.algorithm, StructN2VAlgorithm)
     flip_axes = tuple(range(-dims, 0))
 
@@ -199,24 +273,27 @@ def train(
         model.load_state_dict(state["model_state"])
         opt.load_state_dict(state["optimizer_state"])
         sched.load_state_dict(state["scheduler_state"])
-        gen.set_state(state["rng_state"])
+        _restore_rng(gen, state, dist, cfg.seed)
         start_epoch, step = state["epoch"], state["global_step"]
         best, stale = state["best_val_loss"], state["epochs_without_improvement"]
         rows = [r for r in read_metrics(out / "metrics.csv") if r["epoch"] <= start_epoch]
+    # Wrapped after loading the checkpoint: DDP starts every rank from rank 0's weights. `model` stays
+    # the plain module for validation (rank 0 alone, no collectives) and for checkpoints.
+    net = dist.wrap(model)
 
     t_start = time.perf_counter()
-    bar = EpochProgress(enabled=progress, steps=cfg.steps_per_epoch, batch_size=cfg.batch_size)
+    bar = EpochProgress(enabled=progress and dist.is_main, steps=cfg.steps_per_epoch, batch_size=cfg.batch_size)
     finished_early = stale >= (cfg.early_stopping_patience or math.inf)
     with bar:
         for epoch in range(start_epoch + 1, cfg.epochs + 1):
             if finished_early:
                 break
-            model.train()
+            net.train()
             t0 = time.perf_counter()
             bar.start_epoch(epoch, cfg.epochs)
             running = torch.zeros((), device=dev)
             for _ in range(cfg.steps_per_epoch):
-                x, y = train_sampler.sample(cfg.batch_size, gen)
+                x, y = train_sampler.sample(local_batch, gen)
                 if spec.data.augment:
                     x, y = (
                         augment_batch([x, y], gen, rotate, flip_axes)
@@ -226,7 +303,7 @@ def train(
                 inp, mask = mask_batch(x, mspec, gen) if mspec is not None else (x, None)
                 inp = inp.contiguous(memory_format=layout)
                 with autocast(dev, cfg.precision):
-                    pred = model(inp)
+                    pred = net(inp)
                 loss = _loss(pred, x, y, mask, loss_kind)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -235,8 +312,11 @@ def train(
                 step += 1
                 bar.advance(loss)
             seconds = time.perf_counter() - t0
-            train_loss = (running / cfg.steps_per_epoch).item()
-            val_loss, val_psnr = _validate(model, val_batches, dev, cfg.precision, loss_kind)
+            train_loss = dist.all_reduce_mean(running / cfg.steps_per_epoch).item()
+            # Validated on rank 0, the result shared: every rank takes the same scheduler/early-stop decisions.
+            val_loss, val_psnr = dist.broadcast_object(
+                _validate(model, val_batches, dev, cfg.precision, loss_kind) if dist.is_main else None
+            )
             if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
                 sched.step(val_loss)
             else:
@@ -244,30 +324,31 @@ def train(
             improved = val_loss < best
             if improved:
                 best, stale = val_loss, 0
-                save_checkpoint(
-                    {
-                        "model_args": model_args(spec),
-                        "model_state": model.state_dict(),
-                        "epoch": epoch,
-                        "val_loss": val_loss,
-                    },
-                    ckpt_dir / "best.pt",
-                )
             else:
                 stale += 1
-            save_checkpoint(
+            rng_states = dist.all_gather_object(gen.get_state())  # CPU byte tensors: weights_only loads them
+            last = {
+                "model_args": model_args(spec),
+                "model_state": model.state_dict(),
+                "optimizer_state": opt.state_dict(),
+                "scheduler_state": sched.state_dict(),
+                "epoch": epoch,
+                "global_step": step,
+                "best_val_loss": best,
+                "epochs_without_improvement": stale,
+                "rng_state": rng_states[0],  # what single-process resumes (and older versions) read
+                "rng_states": rng_states,
+                "world_size": dist.world_size,
+            }
+            best_ckpt = (
                 {
                     "model_args": model_args(spec),
-                    "model_state": model.state_dict(),
-                    "optimizer_state": opt.state_dict(),
-                    "scheduler_state": sched.state_dict(),
+                    "model_state": last["model_state"],
                     "epoch": epoch,
-                    "global_step": step,
-                    "best_val_loss": best,
-                    "epochs_without_improvement": stale,
-                    "rng_state": gen.get_state(),
-                },
-                last_path,
+                    "val_loss": val_loss,
+                }
+                if improved
+                else None
             )
             rows.append(
                 {
@@ -281,36 +362,34 @@ def train(
                     "seconds": seconds,
                 }
             )
-            write_metrics(rows, out / "metrics.csv")
+            dist.run_on_main(_write_epoch, out, last, best_ckpt, rows)
             bar.end_epoch(train_loss, val_loss, val_psnr, improved)
             if cfg.early_stopping_patience is not None and stale >= cfg.early_stopping_patience:
                 finished_early = True
 
-    if rows:
-        plot_losses(rows, out / "loss.png", f"{spec.name or spec.algorithm.name} ({spec.algorithm.name})")
     best_row = min(rows, key=lambda r: r["val_loss"]) if rows else {}
-    write_summary(
-        {
-            "algorithm": spec.algorithm.name,
-            "files": [str(Path(p)) for p in data],
-            "target_files": [str(Path(p)) for p in target] if target else None,
-            "inputs": [
-                {"name": n, "axes": a, "shape": list(s), "dtype": d}
-                for n, a, s, d in zip(ts.names, ts.axes, ts.shapes, ts.dtypes, strict=True)
-            ],
-            "validation": "held-out files"
-            if val_set is not None and len(ts.images) > 1
-            else ("held-out region" if val_set is not None else "training patches (val_fraction 0)"),
-            "n_channels": ts.n_channels,
-            "epochs_run": int(rows[-1]["epoch"]) if rows else 0,
-            "early_stopped": finished_early,
-            "steps": step,
-            "best_epoch": best_row.get("epoch"),
-            "val_loss": best_row.get("val_loss"),
-            "val_psnr": best_row.get("val_psnr"),
-            "device": str(dev),
-            "seconds_this_session": time.perf_counter() - t_start,
-        },
-        out / "training_summary.json",
-    )
+    summary = {
+        "algorithm": spec.algorithm.name,
+        "files": [str(Path(p)) for p in data],
+        "target_files": [str(Path(p)) for p in target] if target else None,
+        "inputs": [
+            {"name": n, "axes": a, "shape": list(s), "dtype": d}
+            for n, a, s, d in zip(ts.names, ts.axes, ts.shapes, ts.dtypes, strict=True)
+        ],
+        "validation": "held-out files"
+        if val_set is not None and len(ts.images) > 1
+        else ("held-out region" if val_set is not None else "training patches (val_fraction 0)"),
+        "n_channels": ts.n_channels,
+        "data_loading": "lazy" if ts.lazy else "memory",
+        "processes": dist.world_size,
+        "epochs_run": int(rows[-1]["epoch"]) if rows else 0,
+        "early_stopped": finished_early,
+        "steps": step,
+        "best_epoch": best_row.get("epoch"),
+        "val_loss": best_row.get("val_loss"),
+        "val_psnr": best_row.get("val_psnr"),
+        "device": str(dev),
+        "seconds_this_session": time.perf_counter() - t_start,
+    }
+    dist.run_on_main(_write_report, out, rows, f"{spec.name or spec.algorithm.name} ({spec.algorithm.name})", summary)
     return out
