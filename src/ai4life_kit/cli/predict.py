@@ -1,20 +1,68 @@
-"""``ai4life-kit predict``: denoise TIFFs with a run directory or a bioimage.io package."""
+"""``ai4life-kit predict``: denoise TIFF or Zarr images with a run directory or a bioimage.io package."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from ai4life_kit.cli._options import parse_sizes
 
+if TYPE_CHECKING:
+    from ai4life_kit.data.sources import ImageSource
+    from ai4life_kit.prediction import Predictor
+
 __all__ = ["predict"]
+
+FORMATS = ("auto", "tif", "zarr")
+
+
+def _output_name(src: Path, fmt: str) -> str:
+    """``img.tif`` -> ``img.tif`` / ``img.zarr``; ``img.ome.zarr`` -> ``img.ome.tif`` / ``img.zarr``."""
+    stem = src.stem  # as before for TIFF inputs: a.ome.tif -> a.ome.tif
+    if fmt == "zarr" and stem.lower().endswith(".ome"):
+        stem = stem[: -len(".ome")]  # the output is a plain Zarr array, not an OME-Zarr group
+    return f"{stem}.{fmt}"
+
+
+def _predict_in_memory(
+    predictor: Predictor, source: ImageSource, src: Path, dst: Path, overwrite: bool, **kwargs
+) -> None:
+    """Today's path: read it all, predict, write; an allocation failure says what to do instead."""
+    import numpy as np
+
+    from ai4life_kit.data.tiff_io import read_image, write_image
+    from ai4life_kit.errors import Ai4LifeKitError, DataError
+    from ai4life_kit.prediction.streaming import create_output
+
+    try:
+        if source.path.is_dir():  # Zarr
+            data = source.read_all().astype(np.float32, copy=False)
+            if not np.isfinite(data).all():
+                raise DataError(f"{src} contains NaN or Inf pixels")
+        else:
+            data = read_image(src, source.axes, predictor.spatial_ndim).data
+        result = predictor.predict(data, source.axes, **kwargs)
+        del data
+        if dst.suffix == ".zarr":
+            with create_output(dst, result.shape, source.axes, overwrite) as target:
+                target.write(tuple(slice(0, n) for n in result.shape), result)
+        else:
+            write_image(dst, result, source.axes, overwrite=overwrite)
+    except (MemoryError, RuntimeError) as exc:
+        # numpy raises MemoryError, torch's CPU allocator a RuntimeError saying so
+        if isinstance(exc, RuntimeError) and "can't allocate memory" not in str(exc):
+            raise
+        gib = np.prod(source.shape, dtype=np.int64) * 4 / 2**30
+        raise Ai4LifeKitError(
+            f"out of memory predicting {src} ({gib:.2f} GiB as float32) in memory; use --out-of-core"
+        ) from None
 
 
 def predict(
     model: Annotated[Path, typer.Argument(help="Run directory or .bioimageio.zip package.")],
-    inputs: Annotated[list[str], typer.Argument(help="TIFF files, folders or globs to denoise.")],
+    inputs: Annotated[list[str], typer.Argument(help="TIFF files, Zarr folders (.zarr), folders or globs to denoise.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (files keep their names).")],
     axes: Annotated[str | None, typer.Option(help="Axes of the inputs, e.g. SCYX (default: metadata).")] = None,
     tile: Annotated[
@@ -24,22 +72,47 @@ def predict(
     batch_size: Annotated[int, typer.Option(min=1, help="Tiles per forward pass.")] = 4,
     precision: Annotated[str, typer.Option(help="auto (bf16 on CUDA), fp32 or bf16.")] = "auto",
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
+    out_of_core: Annotated[
+        bool | None,
+        typer.Option(
+            "--out-of-core/--in-memory",
+            help="Stream tiles from and to disk, memory independent of the image size (default: for inputs "
+            "over 1 GiB as float32, Zarr inputs and Zarr outputs); --in-memory reads each image whole. "
+            "Both give the same numbers.",
+            show_default=False,
+        ),
+    ] = None,
+    fmt: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            help="Output format: tif (float32 TIFF; BigTIFF above 4 GiB), zarr (Zarr v3 array, needs "
+            "pip install 'ai4life-kit[zarr]'), or auto: zarr for Zarr inputs, tif otherwise.",
+        ),
+    ] = "auto",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing output files.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
-    """Denoise images; outputs are float32 TIFFs with the input's shape, axes and intensity units."""
+    """Denoise images; outputs are float32 images with the input's shape, axes and intensity units."""
     import time
 
+    import numpy as np
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from ai4life_kit.data.tiff_io import read_image, resolve_inputs, write_image
+    from ai4life_kit.data.sources import ChunkCache, is_zarr_path, open_source
+    from ai4life_kit.data.tiff_io import resolve_inputs
     from ai4life_kit.fileio import check_writable
     from ai4life_kit.prediction import Predictor
+    from ai4life_kit.prediction.predictor import STREAM_ABOVE_BYTES
 
+    fmt = fmt.strip().lower()
+    if fmt not in FORMATS:
+        raise typer.BadParameter(f"{fmt!r} is not one of {', '.join(FORMATS)}", param_hint="--format")
     tile_sizes = parse_sizes(tile, "--tile")
-    paths = resolve_inputs(inputs, "input")
-    targets = [out / (p.stem + ".tif") for p in paths]
+    paths = resolve_inputs(inputs, "input", allow_zarr=True)
+    formats = [fmt if fmt != "auto" else ("zarr" if is_zarr_path(p) else "tif") for p in paths]
+    targets = [out / _output_name(p, f) for p, f in zip(paths, formats, strict=True)]
     for dst in targets:
         check_writable(dst, overwrite)
     if len(set(targets)) != len(targets):
@@ -56,20 +129,30 @@ def predict(
         console=console,
         disable=quiet,
     ) as bar:
-        for src, dst in zip(paths, targets, strict=True):
-            img = read_image(src, axes, predictor.spatial_ndim)
-            predictor.check_input(img.data.shape, img.axes)
-            task = bar.add_task(src.name, total=predictor.n_tiles(img.data.shape, img.axes, tile_sizes))
-            result = predictor.predict(
-                img.data,
-                img.axes,
-                tile_sizes,
-                tta,
-                batch_size,
-                precision,
-                progress=lambda n, task=task: bar.advance(task, n),
-            )
-            write_image(dst, result, img.axes, overwrite=overwrite)
-            megapixels += img.data.size / 1e6
+        for src, dst, out_fmt in zip(paths, targets, formats, strict=True):
+            # The header only. A private chunk cache per input: the shared default cache keys chunks
+            # by id(source), which a later source can reuse once this one is freed.
+            source = open_source(src, axes, predictor.spatial_ndim, cache=ChunkCache())
+            try:
+                predictor.check_input(source.shape, source.axes)
+                size = int(np.prod(source.shape, dtype=np.int64))
+                streamed = out_of_core
+                if streamed is None:
+                    streamed = out_fmt == "zarr" or is_zarr_path(src) or size * 4 > STREAM_ABOVE_BYTES
+                task = bar.add_task(src.name, total=predictor.n_tiles(source.shape, source.axes, tile_sizes))
+                options = {
+                    "tile": tile_sizes,
+                    "tta": tta,
+                    "batch_size": batch_size,
+                    "precision": precision,
+                    "progress": lambda n, task=task: bar.advance(task, n),
+                }
+                if streamed:
+                    predictor.predict_to(source, dst, overwrite=overwrite, **options)
+                else:
+                    _predict_in_memory(predictor, source, src, dst, overwrite, **options)
+            finally:
+                source.close()
+            megapixels += size / 1e6
     seconds = time.perf_counter() - t0
     console.print(f"Wrote {len(paths)} file(s) to [bold]{out}[/] ({megapixels:.2f} MPix in {seconds:.1f} s)")

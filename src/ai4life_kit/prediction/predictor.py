@@ -13,18 +13,27 @@ import numpy as np
 import torch
 
 from ai4life_kit.data.axes import Layout
+from ai4life_kit.data.sources import ImageSource
+from ai4life_kit.data.views import CanonicalView
 from ai4life_kit.errors import DataError, ModelLoadError
 from ai4life_kit.models import halo_for_depth
 from ai4life_kit.models.unet import UNet
-from ai4life_kit.prediction.tiling import plan_grid, predict_tiled
+from ai4life_kit.prediction.tiling import TileGrid, plan_grid, predict_tiled
 from ai4life_kit.runtime import autocast, channels_last, resolve_device
 
-__all__ = ["Predictor", "load_checkpoint", "DEFAULT_TILE"]
+__all__ = ["Predictor", "load_checkpoint", "DEFAULT_TILE", "STREAM_ABOVE_BYTES"]
 
 # Largest network input tile per axis when --tile is not given: large enough that the halo costs
 # little (a 1024x1024 image runs as four 576 px tiles), small enough for a laptop's memory
 # (about 1.1 GiB peak with batches of 4 tiles, measured).
 DEFAULT_TILE = {2: 768, 3: 128}
+# Inputs larger than this as float32 are predicted out of core by the CLI (unless told otherwise).
+# In memory the peak is about four float32 copies of the image (input, normalised input, padded
+# sample, output; 7.9 GiB measured for 500 MPix), so 1 GiB of float32 (268 MPix) already needs
+# ~4.5 GiB, the most a laptop can spare; out of core the peak stays ~0.5 GiB at any size and runs
+# as fast (benchmarks/bench_outofcore_predict.py), so there is no reason to go higher. Smaller
+# images keep the in-memory path (classic TIFF writer; many small files gain nothing).
+STREAM_ABOVE_BYTES = 2**30
 
 
 def load_checkpoint(path: Path) -> dict:
@@ -159,7 +168,7 @@ class Predictor:
             raise DataError(f"the model expects {self.n_channels} channel(s), the image has {images.shape[1]}")
         shape = (1, -1) + (1,) * self.spatial_ndim
         x = (images.astype(np.float32, copy=False) - self.mean.reshape(shape)) / self.std.reshape(shape)
-        grid = plan_grid(images.shape[2:], tile, self.halo, self.multiple, DEFAULT_TILE[self.spatial_ndim])
+        grid = self.plan(images.shape[2:], tile)
         y = predict_tiled(
             self._forward(precision), x, len(self.target_mean), grid, batch_size, self.device, tta, progress
         )
@@ -171,8 +180,12 @@ class Predictor:
         """How many tiles :meth:`predict` will run for an image (for progress bars)."""
         layout = Layout.of(shape, axes, self.spatial_ndim)
         n_samples = int(np.prod([shape[axes.index(a)] for a in layout._batch_letters], dtype=np.int64))
-        grid = plan_grid(shape[-self.spatial_ndim :], tile, self.halo, self.multiple, DEFAULT_TILE[self.spatial_ndim])
+        grid = self.plan([shape[axes.index(a)] for a in layout._space_letters], tile)
         return n_samples * len(grid)
+
+    def plan(self, spatial_shape: Sequence[int], tile: Sequence[int] | None = None) -> TileGrid:
+        """The tile grid for an image of ``spatial_shape`` (the same for every prediction path)."""
+        return plan_grid(spatial_shape, tile, self.halo, self.multiple, DEFAULT_TILE[self.spatial_ndim])
 
     def check_input(self, shape: tuple[int, ...], axes: str) -> Layout:
         """The layout of an input, or a :class:`DataError` saying why the model cannot take it."""
@@ -199,3 +212,92 @@ class Predictor:
         canon = layout.to_canonical(np.asarray(array, dtype=np.float32))
         out = self.predict_canonical(canon, tile, tta, batch_size, precision, progress)
         return layout.from_canonical(out)
+
+    # -- out of core ------------------------------------------------------------------------
+    def _tile_transforms(self) -> tuple[Callable[[np.ndarray], np.ndarray], Callable[[np.ndarray], np.ndarray]]:
+        """(normalise, de-normalise) for one ``(C, *spatial)`` tile, in the arithmetic of :meth:`predict_canonical`."""
+        shape = (-1,) + (1,) * self.spatial_ndim
+        mean, std = self.mean.reshape(shape), self.std.reshape(shape)
+        target_mean, target_std = self.target_mean.reshape(shape), self.target_std.reshape(shape)
+
+        def normalise(x: np.ndarray) -> np.ndarray:
+            return (x - mean) / std
+
+        def denormalise(y: np.ndarray) -> np.ndarray:
+            y = y * target_std
+            y += target_mean
+            return y
+
+        return normalise, denormalise
+
+    def predict_view(
+        self,
+        view: CanonicalView,
+        out: CanonicalView,
+        tile: Sequence[int] | None = None,
+        tta: bool = False,
+        batch_size: int = 4,
+        precision: str = "auto",
+        progress: Callable[[int], None] | None = None,
+    ) -> None:
+        """Denoise a lazy canonical ``view`` into the writable ``out``, one batch of tiles in memory.
+
+        Gives the same numbers as :meth:`predict_canonical` on ``view.to_array()``.
+        """
+        from ai4life_kit.prediction.streaming import predict_view
+
+        if view.shape[1] != self.n_channels:
+            raise DataError(f"the model expects {self.n_channels} channel(s), the image has {view.shape[1]}")
+        normalise, denormalise = self._tile_transforms()
+        grid = self.plan(view.shape[2:], tile)
+        predict_view(
+            self._forward(precision), view, out, grid, batch_size, self.device, tta, progress, normalise, denormalise
+        )
+
+    def predict_to(
+        self,
+        source: ImageSource | str | Path,
+        dst: str | Path,
+        axes: str | None = None,
+        tile: Sequence[int] | None = None,
+        tta: bool = False,
+        batch_size: int = 4,
+        precision: str = "auto",
+        progress: Callable[[int], None] | None = None,
+        overwrite: bool = False,
+    ) -> Path:
+        """Denoise an image of any size from disk to disk, out of core; returns ``dst``.
+
+        Parameters
+        ----------
+        source
+            An open :class:`~ai4life_kit.data.sources.ImageSource` or a TIFF / Zarr path
+            (opened lazily with ``axes``, else the file's axes).
+        dst
+            Output ``.tif``/``.tiff`` (uncompressed, memory-mappable; BigTIFF above 4 GiB) or
+            ``.zarr`` (Zarr v3, chunks = tile cores). Float32, the input's shape and axes. It is
+            written under a temporary name and renamed when complete.
+
+        Memory holds the model and one batch of tiles, independent of the image size; the
+        result equals :meth:`predict` on the whole image read into memory.
+        """
+        from ai4life_kit.data.sources import ChunkCache, open_source
+        from ai4life_kit.prediction.streaming import create_output, output_chunks
+
+        opened = not isinstance(source, ImageSource)
+        if opened:
+            # A private chunk cache: freed with the source, never shared with another image.
+            source = open_source(source, axes, self.spatial_ndim, cache=ChunkCache())
+        try:
+            self.check_input(source.shape, source.axes)
+            view = CanonicalView(source, self.spatial_ndim)
+            chunks = output_chunks(view, self.plan(view.shape[2:], tile))
+            dst = Path(dst)
+            with create_output(dst, source.shape, source.axes, overwrite, chunks) as target:
+                out = CanonicalView(target, self.spatial_ndim)
+                self.predict_view(view, out, tile, tta, batch_size, precision, progress)
+                target.close()
+        finally:
+            if opened:
+                source.close()
+        return dst

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,7 +27,17 @@ import torch
 
 from ai4life_kit.errors import UserInputError
 
-__all__ = ["TileGrid", "plan_grid", "predict_tiled", "tta_transforms"]
+__all__ = [
+    "Job",
+    "TileGrid",
+    "core_window",
+    "plan_grid",
+    "predict_tiled",
+    "run_tiles",
+    "symmetric_index",
+    "tile_jobs",
+    "tta_transforms",
+]
 
 
 @dataclass(frozen=True)
@@ -108,6 +118,76 @@ def tta_transforms(
     return pairs
 
 
+Job = tuple[int, tuple[int, ...]]  # (sample, tile origin in padded coordinates)
+
+
+def symmetric_index(start: int, stop: int, n: int) -> np.ndarray:
+    """Source indices of positions ``start..stop-1`` of an axis of length ``n`` padded symmetrically.
+
+    Position ``i`` (negative or ``>= n`` outside the image) holds the pixel that
+    ``np.pad(..., mode="symmetric")`` puts there: the edge-repeating reflection ``-1 -> 0``,
+    ``n -> n-1``, continued periodically with period ``2n`` when the padding is longer than
+    the axis (as numpy does for tiny images).
+    """
+    r = np.mod(np.arange(start, stop), 2 * n)
+    return np.where(r < n, r, 2 * n - 1 - r)
+
+
+def tile_jobs(n_samples: int, grid: TileGrid) -> Iterator[Job]:
+    """Every (sample, tile origin), sample by sample: the order in which tiles are batched."""
+    return ((s, origin) for s in range(n_samples) for origin in grid.origins())
+
+
+def core_window(origin: Sequence[int], grid: TileGrid) -> tuple[slice, ...]:
+    """Where a tile's core lands in the image, clipped to the image (the last tiles overhang)."""
+    return tuple(slice(o, min(o + c, n)) for o, c, n in zip(origin, grid.core, grid.shape, strict=True))
+
+
+def run_tiles(
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    jobs: Iterable[Job],
+    read_tile: Callable[[Job], np.ndarray],
+    write_core: Callable[[Job, tuple[slice, ...], np.ndarray], None],
+    grid: TileGrid,
+    batch_size: int,
+    device: torch.device,
+    tta: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> None:
+    """Predict tiles batch by batch: the loop shared by in-memory and out-of-core prediction.
+
+    ``read_tile(job)`` gives one network input ``(C, *grid.tile)`` (float32, normalised);
+    ``write_core(job, window, y)`` receives the tile's core prediction ``(C_out, *window sizes)``
+    for the image ``window`` from :func:`core_window`. Only ``batch_size`` tiles are in memory
+    at a time. ``progress`` is called with the number of tiles finished after each batch.
+    """
+    spatial_ndim = len(grid.shape)
+    transforms = tta_transforms(spatial_ndim) if tta else [(lambda x: x, lambda x: x)]
+
+    def run(batch: torch.Tensor) -> torch.Tensor:
+        acc = None
+        for fwd, inv in transforms:
+            y = inv(forward(fwd(batch))).float()
+            acc = y if acc is None else acc + y
+        return acc / len(transforms)
+
+    core = (slice(None), slice(None)) + tuple(slice(grid.halo, grid.halo + c) for c in grid.core)
+    jobs = iter(jobs)
+    while True:
+        chunk = list(itertools.islice(jobs, batch_size))
+        if not chunk:
+            break
+        tiles = np.stack([read_tile(job) for job in chunk])
+        batch = torch.from_numpy(np.ascontiguousarray(tiles)).to(device, non_blocking=True)
+        del tiles
+        pred = run(batch).cpu().numpy()
+        for job, y in zip(chunk, pred[core], strict=True):
+            dst = core_window(job[1], grid)
+            write_core(job, dst, y[(slice(None), *(slice(0, d.stop - d.start) for d in dst))])
+        if progress is not None:
+            progress(len(chunk))
+
+
 def predict_tiled(
     forward: Callable[[torch.Tensor], torch.Tensor],
     images: np.ndarray,
@@ -124,41 +204,23 @@ def predict_tiled(
     ``progress`` is called with the number of tiles finished after each batch.
     """
     n_samples = images.shape[0]
-    spatial_ndim = images.ndim - 2
     halo = grid.halo
     pad_after = [p - s - halo for p, s in zip(grid.padded, grid.shape, strict=True)]
     out = np.empty((n_samples, out_channels, *grid.shape), dtype=np.float32)
-    transforms = tta_transforms(spatial_ndim) if tta else [(lambda x: x, lambda x: x)]
-
-    def run(batch: torch.Tensor) -> torch.Tensor:
-        acc = None
-        for fwd, inv in transforms:
-            y = inv(forward(fwd(batch))).float()
-            acc = y if acc is None else acc + y
-        return acc / len(transforms)
-
-    jobs = ((s, origin) for s in range(n_samples) for origin in grid.origins())
     padded_cache: dict[int, np.ndarray] = {}
-    while True:
-        chunk = list(itertools.islice(jobs, batch_size))
-        if not chunk:
-            break
-        tiles = []
-        for s, origin in chunk:
-            if s not in padded_cache:
-                padded_cache.clear()  # keep one padded sample in memory at a time
-                widths = [(0, 0)] + [(halo, a) for a in pad_after]
-                # symmetric (edge-repeating) padding, as bioimageio.core pads blocks at image borders
-                padded_cache[s] = np.pad(images[s], widths, mode="symmetric")
-            window = tuple(slice(o, o + t) for o, t in zip(origin, grid.tile, strict=True))
-            tiles.append(padded_cache[s][(slice(None), *window)])
-        batch = torch.from_numpy(np.ascontiguousarray(np.stack(tiles))).to(device, non_blocking=True)
-        pred = run(batch).cpu().numpy()
-        core = (slice(None), slice(None)) + tuple(slice(halo, halo + c) for c in grid.core)
-        for (s, origin), y in zip(chunk, pred[core], strict=True):
-            dst = tuple(slice(o, min(o + c, n)) for o, c, n in zip(origin, grid.core, grid.shape, strict=True))
-            src = tuple(slice(0, d.stop - d.start) for d in dst)
-            out[(s, slice(None), *dst)] = y[(slice(None), *src)]
-        if progress is not None:
-            progress(len(chunk))
+
+    def read_tile(job: Job) -> np.ndarray:
+        s, origin = job
+        if s not in padded_cache:
+            padded_cache.clear()  # keep one padded sample in memory at a time
+            widths = [(0, 0)] + [(halo, a) for a in pad_after]
+            # symmetric (edge-repeating) padding, as bioimageio.core pads blocks at image borders
+            padded_cache[s] = np.pad(images[s], widths, mode="symmetric")
+        window = tuple(slice(o, o + t) for o, t in zip(origin, grid.tile, strict=True))
+        return padded_cache[s][(slice(None), *window)]
+
+    def write_core(job: Job, window: tuple[slice, ...], y: np.ndarray) -> None:
+        out[(job[0], slice(None), *window)] = y
+
+    run_tiles(forward, tile_jobs(n_samples, grid), read_tile, write_core, grid, batch_size, device, tta, progress)
     return out
