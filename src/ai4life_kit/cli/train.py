@@ -39,6 +39,14 @@ def train(
             help="Override data.loading: memory, lazy (read patches from disk; for data larger than RAM) or auto."
         ),
     ] = None,
+    compile_model: Annotated[
+        bool | None,
+        typer.Option(
+            "--compile/--no-compile",
+            help="Override training.compile (torch.compile the training step).",
+            show_default=False,
+        ),
+    ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
     seed: Annotated[int | None, typer.Option(help="Override training.seed.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run in --out.")] = False,
@@ -80,6 +88,7 @@ def train(
         ("data", "val_fraction"): val_fraction,
         ("data", "axes"): axes,
         ("data", "loading"): loading,
+        ("training", "compile"): compile_model,
     }
     for (section, key), value in overrides.items():
         if value is not None:

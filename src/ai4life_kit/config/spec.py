@@ -155,6 +155,9 @@ class TrainingConfig(_Strict):
     """Fixed validation patches, drawn once per run."""
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     """`auto`: bf16 autocast on CUDA, fp32 elsewhere."""
+    compile: bool = False
+    """Compile the training step with `torch.compile` (worth it for long GPU trainings; the first
+    steps are slower while it compiles, and the CPU backend needs a C++ compiler)."""
     seed: int = 42
 
 

@@ -280,6 +280,10 @@ def _train(
     # Wrapped after loading the checkpoint: DDP starts every rank from rank 0's weights. `model` stays
     # the plain module for validation (rank 0 alone, no collectives) and for checkpoints.
     net = dist.wrap(model)
+    if cfg.compile:
+        # Only the training forward/backward is compiled; validation and checkpoints use the plain
+        # module, so state dicts keep their keys and run directories look the same either way.
+        net = torch.compile(net)
 
     t_start = time.perf_counter()
     bar = EpochProgress(enabled=progress and dist.is_main, steps=cfg.steps_per_epoch, batch_size=cfg.batch_size)
