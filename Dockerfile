@@ -5,6 +5,8 @@
 #
 #   docker build -t ai4life-kit .
 #   docker run --rm --gpus all -v "$PWD:/work" ai4life-kit train /opt/ai4life-kit/model_specs/mdc24-hagen-actin.yaml --data data/hagen.tif --out runs/hagen
+#   docker run --rm --gpus all --ipc host -v "$PWD:/work" --entrypoint torchrun ai4life-kit \
+#       --nproc-per-node 4 -m ai4life_kit train /opt/ai4life-kit/model_specs/n2v2-2d.yaml --data big/ --out runs/big
 #   apptainer build ai4life-kit.sif docker-daemon://ai4life-kit:latest      # clusters without docker
 #
 # torch: PyPI's Linux wheels include CUDA, so the default image runs on NVIDIA GPUs. For a smaller
@@ -29,10 +31,10 @@ ARG TORCH_VERSION=2.13.0
 ARG TORCH_INDEX_URL=https://pypi.org/simple
 RUN pip install --no-cache-dir --extra-index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}"
 
-# The kit with bioimage.io packaging (bioimageio.core, onnx, onnxruntime), and its recipes.
+# The kit with bioimage.io packaging (bioimageio.core, onnx, onnxruntime), Zarr input/output, and its recipes.
 COPY pyproject.toml /opt/ai4life-kit/
 COPY src/ /opt/ai4life-kit/src/
-RUN pip install --no-cache-dir "/opt/ai4life-kit[bioimageio]" \
+RUN pip install --no-cache-dir "/opt/ai4life-kit[bioimageio,zarr]" \
     && ai4life-kit --help > /dev/null
 COPY model_specs/ /opt/ai4life-kit/model_specs/
 
