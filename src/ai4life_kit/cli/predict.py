@@ -130,8 +130,8 @@ def predict(
         disable=quiet,
     ) as bar:
         for src, dst, out_fmt in zip(paths, targets, formats, strict=True):
-            # The header only. A private chunk cache per input: the shared default cache keys chunks
-            # by id(source), which a later source can reuse once this one is freed.
+            # The header only. A private chunk cache per input, freed with it: chunks of finished
+            # inputs would otherwise sit in the shared default cache until evicted.
             source = open_source(src, axes, predictor.spatial_ndim, cache=ChunkCache())
             try:
                 predictor.check_input(source.shape, source.axes)

@@ -15,7 +15,7 @@ import numpy as np
 
 from ai4life_kit.errors import DataError
 
-__all__ = ["VALID_AXES", "validate_axes", "guess_axes", "Layout"]
+__all__ = ["VALID_AXES", "validate_axes", "guess_axes", "resolve_axes", "Layout"]
 
 VALID_AXES = "STCZYX"
 
@@ -44,6 +44,15 @@ def guess_axes(shape: tuple[int, ...], spatial_ndim: int) -> str:
     if ndim > len(known) + 1:
         raise DataError(f"cannot guess the axes of an image of shape {shape}; pass --axes (e.g. SCYX)")
     return "S" * (ndim - len(known)) + known
+
+
+def resolve_axes(given: str | None, from_file: str | None, shape: tuple[int, ...], spatial_ndim: int) -> str:
+    """The axes of an image: the user's ``given`` axes, else the file's metadata, else a guess."""
+    if given is not None:
+        return validate_axes(given, len(shape))
+    if from_file is not None:
+        return validate_axes(from_file, len(shape))
+    return guess_axes(shape, spatial_ndim)
 
 
 @dataclass(frozen=True)

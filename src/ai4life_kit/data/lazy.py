@@ -18,6 +18,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from ai4life_kit.data.normalization import normalise
 from ai4life_kit.data.patches import PatchPositions
 from ai4life_kit.data.views import CanonicalView
 from ai4life_kit.errors import DataError
@@ -28,10 +29,6 @@ __all__ = ["LazyPatchSampler", "sampled_channel_stats", "STATS_PIXELS"]
 # the mean and standard deviation within a fraction of a percent of a full pass on microscopy
 # data, and read in a few seconds from a local disk.
 STATS_PIXELS = 2**24
-
-
-def _per_channel(values: Sequence[float], ndim: int) -> np.ndarray:
-    return np.asarray(values, np.float32).reshape((1, -1) + (1,) * ndim)
 
 
 class LazyPatchSampler(PatchPositions):
@@ -66,11 +63,10 @@ class LazyPatchSampler(PatchPositions):
         super().__init__([v.shape for v in images], patch_size, device, names)
         self.images, self.targets = list(images), None if targets is None else list(targets)
         self.names = list(names) if names is not None else [v.name for v in images]
-        nd = len(self.patch)
-        self._norm = (_per_channel(mean, nd), _per_channel(std, nd))
+        self._norm = (mean, std)
         self._target_norm = (
-            _per_channel(target_mean if target_mean is not None else mean, nd),
-            _per_channel(target_std if target_std is not None else std, nd),
+            target_mean if target_mean is not None else mean,
+            target_std if target_std is not None else std,
         )
         # Pinned host memory lets the copy to a GPU overlap with the previous step's compute.
         self._pin = device.type == "cuda"
@@ -87,8 +83,8 @@ class LazyPatchSampler(PatchPositions):
                 f"{self.names[files[bad]]} contains NaN or Inf pixels (sample {samples[bad]}, "
                 f"patch at {tuple(origins[bad])})"
             )
-        # the same float32 operations as the in-memory path, so both give identical patches
-        batch = (batch - norm[0]) / norm[1]
+        # the in-memory path's normalisation, so both give identical patches
+        batch = normalise(batch, *norm, len(self.patch))
         tensor = torch.from_numpy(batch)
         if self._pin:
             tensor = tensor.pin_memory()

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ai4life_kit.data.lazy import LazyPatchSampler, sampled_channel_stats
-from ai4life_kit.data.normalization import channel_stats
+from ai4life_kit.data.normalization import channel_stats, normalise
 from ai4life_kit.data.patches import PatchSampler
 from ai4life_kit.data.sources import ChunkCache, open_source
 from ai4life_kit.data.tiff_io import resolve_inputs
@@ -128,14 +128,6 @@ def training_stats(images: Sequence[Image], names: Sequence[str]) -> tuple[list[
     return channel_stats(images, names)
 
 
-def _normalise(arrays: Sequence[np.ndarray], mean: Sequence[float], std: Sequence[float]) -> list[np.ndarray]:
-    """``(x - mean[c]) / std[c]`` for canonical ``(S, C, *spatial)`` arrays."""
-    shape = (1, -1) + (1,) * (arrays[0].ndim - 2)
-    m = np.asarray(mean, np.float32).reshape(shape)
-    s = np.asarray(std, np.float32).reshape(shape)
-    return [(a - m) / s for a in arrays]
-
-
 def make_sampler(
     ts: TrainingSet, norm: dict[str, list[float]], patch: Sequence[int], device: torch.device
 ) -> PatchSampler | LazyPatchSampler:
@@ -152,8 +144,11 @@ def make_sampler(
             norm["target_std"],
             ts.names,
         )
-    imgs = _normalise(ts.images, norm["mean"], norm["std"])
-    tgts = None if ts.targets is None else _normalise(ts.targets, norm["target_mean"], norm["target_std"])
+    nd = len(patch)
+    imgs = [normalise(a, norm["mean"], norm["std"], nd) for a in ts.images]
+    tgts = (
+        None if ts.targets is None else [normalise(a, norm["target_mean"], norm["target_std"], nd) for a in ts.targets]
+    )
     return PatchSampler(imgs, tgts, patch, device, ts.names)
 
 

@@ -1,4 +1,9 @@
-"""Per-channel normalisation statistics, computed once over the training data."""
+"""Per-channel normalisation: statistics computed once over the training data, and the arithmetic.
+
+Training (in memory and lazy) and prediction (in memory and out of core) all normalise with
+:func:`normalise` and map back with :func:`denormalise`, so every path gives the same float32
+numbers.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,7 @@ import numpy as np
 
 from ai4life_kit.errors import DataError
 
-__all__ = ["channel_stats"]
+__all__ = ["channel_stats", "denormalise", "normalise"]
 
 
 def channel_stats(images: Sequence[np.ndarray], names: Sequence[str] | None = None) -> tuple[list[float], list[float]]:
@@ -33,3 +38,20 @@ def channel_stats(images: Sequence[np.ndarray], names: Sequence[str] | None = No
     mean = total / count
     std = np.sqrt(np.maximum(total_sq / count - mean**2, 0.0))
     return mean.tolist(), std.tolist()
+
+
+def _per_channel(values: Sequence[float], spatial_ndim: int) -> np.ndarray:
+    """float32 ``(C, 1, ..., 1)``: broadcasts over ``(C, *spatial)`` tiles and ``(B, C, *spatial)`` batches."""
+    return np.asarray(values, np.float32).reshape((-1,) + (1,) * spatial_ndim)
+
+
+def normalise(x: np.ndarray, mean: Sequence[float], std: Sequence[float], spatial_ndim: int) -> np.ndarray:
+    """``(x - mean[c]) / std[c]`` in float32, for arrays whose last axes are ``(C, *spatial)``."""
+    return (x - _per_channel(mean, spatial_ndim)) / _per_channel(std, spatial_ndim)
+
+
+def denormalise(y: np.ndarray, mean: Sequence[float], std: Sequence[float], spatial_ndim: int) -> np.ndarray:
+    """``y * std[c] + mean[c]``, computed in place in ``y`` (float32) and returned."""
+    y *= _per_channel(std, spatial_ndim)
+    y += _per_channel(mean, spatial_ndim)
+    return y

@@ -18,7 +18,6 @@ Every source reports its shape, dtype and axes (kit letters, in the file's order
 from __future__ import annotations
 
 import itertools
-import logging
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -27,7 +26,8 @@ from typing import Any
 import numpy as np
 import tifffile
 
-from ai4life_kit.data.axes import guess_axes, validate_axes
+from ai4life_kit.data.axes import resolve_axes, validate_axes
+from ai4life_kit.data.tiff_io import _TO_TIFFFILE, metadata_axes, quiet_tifffile
 from ai4life_kit.errors import DataError
 
 __all__ = [
@@ -44,11 +44,8 @@ __all__ = [
     "DEFAULT_CACHE",
 ]
 
-# tifffile letter -> kit letter (its 'S' is RGB samples = a channel; sequences are samples)
-_FROM_TIFFFILE = {"S": "C", "C": "C", "I": "S", "Q": "?", "T": "T", "Z": "Z", "Y": "Y", "X": "X", "E": "C", "R": "S"}
 # OME-NGFF axis names -> kit letters
 _FROM_NGFF = {"s": "S", "t": "T", "c": "C", "z": "Z", "y": "Y", "x": "X"}
-ZARR_HINT = "reading Zarr needs the zarr package: pip install 'ai4life-kit[zarr]'"
 
 
 class ChunkCache:
@@ -81,11 +78,6 @@ class ChunkCache:
                     self.nbytes -= old.nbytes
         return chunk
 
-    def clear(self) -> None:
-        with self._lock:
-            self._items.clear()
-            self.nbytes = 0
-
 
 DEFAULT_CACHE = ChunkCache()
 
@@ -111,10 +103,6 @@ class ImageSource:
     def read(self, key: tuple[slice, ...]) -> np.ndarray:
         """The window ``key`` (one slice per axis, step 1) in native axes and dtype."""
         raise NotImplementedError
-
-    @property
-    def nbytes(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
 
     def read_all(self) -> np.ndarray:
         return self.read(tuple(slice(0, n) for n in self.shape))
@@ -231,7 +219,6 @@ class MemmapTiffTarget(MemmapTiffSource):
         cls, path: str | Path, shape: tuple[int, ...], axes: str, dtype: np.dtype | type = np.float32
     ) -> MemmapTiffTarget:
         """Create (or replace) ``path`` as an empty TIFF of ``shape`` with kit ``axes``."""
-        from ai4life_kit.data.tiff_io import _TO_TIFFFILE  # one table for both writers
 
         path = Path(path)
         axes = validate_axes(axes, len(shape))
@@ -273,8 +260,7 @@ class ZarrTarget(ChunkedSource):
     """A new Zarr v3 array written window by window (chunk-aligned windows need no read-back).
 
     Axes are stored both as Zarr v3 ``dimension_names`` and as xarray's ``_ARRAY_DIMENSIONS``
-    attribute (lower-case kit letters), which :func:`open_source` reads back (it knows the
-    OME-NGFF names ``t c z y x``; an ``s`` axis is not among them, so such axes are guessed).
+    attribute (lower-case kit letters), which :func:`open_source` reads back.
     """
 
     @classmethod
@@ -320,34 +306,18 @@ def is_zarr_path(path: str | Path) -> bool:
     return p.suffix.lower() == ".zarr" or any((p / m).is_file() for m in ("zarr.json", ".zarray", ".zgroup"))
 
 
-def _tiff_axes(tif: tifffile.TiffFile) -> str | None:
-    series = tif.series[0]
-    if not (tif.is_ome or tif.is_imagej or tif.is_shaped):
-        return None
-    axes = "".join(_FROM_TIFFFILE.get(a, "?") for a in series.axes.upper())
-    if "?" in axes or len(set(axes)) != len(axes):
-        return None
-    return axes
-
-
-def _resolve_axes(given: str | None, from_file: str | None, shape: tuple[int, ...], spatial_ndim: int) -> str:
-    if given is not None:
-        return validate_axes(given, len(shape))
-    if from_file is not None:
-        return validate_axes(from_file, len(shape))
-    return guess_axes(shape, spatial_ndim)
+def _axes_from_names(names: list) -> str | None:
+    """Kit letters for OME-NGFF / xarray axis names (``t c z y x`` and ``s``), or None if any is unknown."""
+    letters = [_FROM_NGFF.get(str(n).lower(), "?") for n in names]
+    return None if not letters or "?" in letters else "".join(letters)
 
 
 def _open_tiff(path: Path, axes: str | None, spatial_ndim: int, cache: ChunkCache | None) -> ImageSource:
-    tiff_logger = logging.getLogger("tifffile")
-    level = tiff_logger.level
-    tiff_logger.setLevel(logging.CRITICAL)  # our one-line error says it; tifffile would log too
     try:
-        tif = tifffile.TiffFile(path)
+        with quiet_tifffile():
+            tif = tifffile.TiffFile(path)
     except Exception as exc:
         raise DataError(f"{path} is not a readable TIFF ({type(exc).__name__}: {exc})") from None
-    finally:
-        tiff_logger.setLevel(level)
     keep_open = False
     try:
         if not tif.series or not tif.pages:
@@ -357,7 +327,7 @@ def _open_tiff(path: Path, axes: str | None, spatial_ndim: int, cache: ChunkCach
         if dtype.kind not in "uif":
             raise DataError(f"{path} has unsupported dtype {dtype} (need integer or float pixels)")
         shape = tuple(int(n) for n in series.shape)
-        resolved = _resolve_axes(axes, _tiff_axes(tif), shape, spatial_ndim)
+        resolved = resolve_axes(axes, metadata_axes(tif), shape, spatial_ndim)
         if series.dataoffset is not None:
             file_dtype = dtype.newbyteorder(tif.byteorder)
             return MemmapTiffSource(path, resolved, shape, file_dtype, series.dataoffset)
@@ -375,35 +345,25 @@ def _open_tiff(path: Path, axes: str | None, spatial_ndim: int, cache: ChunkCach
 
 
 def _open_zarr(path: Path, axes: str | None, spatial_ndim: int, cache: ChunkCache | None) -> ImageSource:
-    try:
-        import zarr
-    except ImportError:
-        raise DataError(f"{path}: {ZARR_HINT}") from None
+    zarr = require_zarr(path, "reading")
     try:
         node = zarr.open(str(path), mode="r")
     except Exception as exc:
         raise DataError(f"{path} is not a readable Zarr ({type(exc).__name__}: {exc})") from None
-    file_axes = None
     if isinstance(node, zarr.Group):
         attrs = dict(node.attrs)
         multiscales = attrs.get("multiscales") or attrs.get("ome", {}).get("multiscales")
         if not multiscales:
             raise DataError(f"{path} is a Zarr group without OME-Zarr 'multiscales': give the array's folder")
         first = multiscales[0]
-        names = [a["name"] if isinstance(a, dict) else a for a in first.get("axes", [])]
-        if names:
-            letters = [_FROM_NGFF.get(str(n).lower(), "?") for n in names]
-            file_axes = None if "?" in letters else "".join(letters)
+        file_axes = _axes_from_names([a["name"] if isinstance(a, dict) else a for a in first.get("axes", [])])
         node = node[first["datasets"][0]["path"]]
     else:
-        dims = node.attrs.get("_ARRAY_DIMENSIONS")  # xarray's convention
-        if dims:
-            letters = [_FROM_NGFF.get(str(n).lower(), "?") for n in dims]
-            file_axes = None if "?" in letters else "".join(letters)
+        file_axes = _axes_from_names(node.attrs.get("_ARRAY_DIMENSIONS") or [])  # xarray's convention
     if np.dtype(node.dtype).kind not in "uif":
         raise DataError(f"{path} has unsupported dtype {node.dtype} (need integer or float pixels)")
     shape = tuple(int(n) for n in node.shape)
-    return ChunkedSource(node, _resolve_axes(axes, file_axes, shape, spatial_ndim), path, cache)
+    return ChunkedSource(node, resolve_axes(axes, file_axes, shape, spatial_ndim), path, cache)
 
 
 def open_source(

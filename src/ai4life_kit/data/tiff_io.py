@@ -7,15 +7,17 @@ CSBDeep convention (tifffile's ``S`` means RGB samples), so they are translated 
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import tifffile
 
-from ai4life_kit.data.axes import guess_axes, validate_axes
+from ai4life_kit.data.axes import resolve_axes, validate_axes
 from ai4life_kit.errors import DataError
 from ai4life_kit.fileio import atomic_path
 
@@ -74,7 +76,20 @@ def resolve_inputs(inputs: list[str | Path], what: str = "input", allow_zarr: bo
     return found
 
 
-def _metadata_axes(tif: tifffile.TiffFile) -> str | None:
+@contextlib.contextmanager
+def quiet_tifffile() -> Iterator[None]:
+    """Silence tifffile's own log warnings about corrupt files: our error says it in one line."""
+    tiff_logger = logging.getLogger("tifffile")
+    level = tiff_logger.level
+    tiff_logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        tiff_logger.setLevel(level)
+
+
+def metadata_axes(tif: tifffile.TiffFile) -> str | None:
+    """The first series' axes in kit letters from OME / ImageJ / tifffile metadata, if usable."""
     series = tif.series[0]
     if not (tif.is_ome or tif.is_imagej or tif.is_shaped):
         return None
@@ -101,30 +116,19 @@ def read_image(path: Path, axes: str | None = None, spatial_ndim: int = 2) -> Im
     path = Path(path)
     if not path.is_file():
         raise DataError(f"input {path} does not exist")
-    # tifffile logs its own warnings about corrupt files to stderr; our error says it in one line.
-    tiff_logger = logging.getLogger("tifffile")
-    level = tiff_logger.level
-    tiff_logger.setLevel(logging.CRITICAL)
     try:
-        with tifffile.TiffFile(path) as tif:
+        with quiet_tifffile(), tifffile.TiffFile(path) as tif:
             if not tif.series or not tif.pages:
                 raise DataError(f"{path} is not a readable TIFF (it contains no image)")
             raw = tif.series[0].asarray()
-            meta_axes = _metadata_axes(tif)
+            meta_axes = metadata_axes(tif)
     except DataError:
         raise
     except Exception as exc:  # tifffile raises many types for corrupt / non-TIFF files
         raise DataError(f"{path} is not a readable TIFF ({type(exc).__name__}: {exc})") from None
-    finally:
-        tiff_logger.setLevel(level)
     if raw.dtype.kind not in "uif":
         raise DataError(f"{path} has unsupported dtype {raw.dtype} (need integer or float pixels)")
-    if axes is not None:
-        axes = validate_axes(axes, raw.ndim)
-    elif meta_axes is not None:
-        axes = validate_axes(meta_axes, raw.ndim)
-    else:
-        axes = guess_axes(raw.shape, spatial_ndim)
+    axes = resolve_axes(axes, meta_axes, raw.shape, spatial_ndim)
     data = raw.astype(np.float32, copy=False)
     if not np.isfinite(data).all():
         raise DataError(f"{path} contains NaN or Inf pixels")

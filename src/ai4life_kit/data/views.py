@@ -124,7 +124,8 @@ class CanonicalView:
     def write(self, sample: int, window: Sequence[slice] | None, data: np.ndarray) -> None:
         """Store ``data`` of shape ``(C, *window)`` at one sample's window (the inverse of :meth:`read`).
 
-        The source must be writable (:class:`~ai4life_kit.data.sources.WritableSource`).
+        The source must have a ``write`` method (:class:`~ai4life_kit.data.sources.MemmapTiffTarget`,
+        :class:`~ai4life_kit.data.sources.ZarrTarget` or :class:`~ai4life_kit.data.sources.ArraySource`).
         """
         key = self.native_key(sample, window)
         write = getattr(self.source, "write", None)

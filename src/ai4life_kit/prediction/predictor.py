@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from ai4life_kit.data.axes import Layout
+from ai4life_kit.data.normalization import denormalise, normalise
 from ai4life_kit.data.sources import ImageSource
 from ai4life_kit.data.views import CanonicalView
 from ai4life_kit.errors import DataError, ModelLoadError
@@ -166,15 +167,12 @@ class Predictor:
         """Denoise ``(S, C, *spatial)`` raw images; returns float32 raw-unit images of the same shape."""
         if images.shape[1] != self.n_channels:
             raise DataError(f"the model expects {self.n_channels} channel(s), the image has {images.shape[1]}")
-        shape = (1, -1) + (1,) * self.spatial_ndim
-        x = (images.astype(np.float32, copy=False) - self.mean.reshape(shape)) / self.std.reshape(shape)
+        x = normalise(images.astype(np.float32, copy=False), self.mean, self.std, self.spatial_ndim)
         grid = self.plan(images.shape[2:], tile)
         y = predict_tiled(
             self._forward(precision), x, len(self.target_mean), grid, batch_size, self.device, tta, progress
         )
-        y *= self.target_std.reshape(shape)
-        y += self.target_mean.reshape(shape)
-        return y
+        return denormalise(y, self.target_mean, self.target_std, self.spatial_ndim)
 
     def n_tiles(self, shape: tuple[int, ...], axes: str, tile: Sequence[int] | None = None) -> int:
         """How many tiles :meth:`predict` will run for an image (for progress bars)."""
@@ -214,22 +212,6 @@ class Predictor:
         return layout.from_canonical(out)
 
     # -- out of core ------------------------------------------------------------------------
-    def _tile_transforms(self) -> tuple[Callable[[np.ndarray], np.ndarray], Callable[[np.ndarray], np.ndarray]]:
-        """(normalise, de-normalise) for one ``(C, *spatial)`` tile, in the arithmetic of :meth:`predict_canonical`."""
-        shape = (-1,) + (1,) * self.spatial_ndim
-        mean, std = self.mean.reshape(shape), self.std.reshape(shape)
-        target_mean, target_std = self.target_mean.reshape(shape), self.target_std.reshape(shape)
-
-        def normalise(x: np.ndarray) -> np.ndarray:
-            return (x - mean) / std
-
-        def denormalise(y: np.ndarray) -> np.ndarray:
-            y = y * target_std
-            y += target_mean
-            return y
-
-        return normalise, denormalise
-
     def predict_view(
         self,
         view: CanonicalView,
@@ -248,10 +230,19 @@ class Predictor:
 
         if view.shape[1] != self.n_channels:
             raise DataError(f"the model expects {self.n_channels} channel(s), the image has {view.shape[1]}")
-        normalise, denormalise = self._tile_transforms()
+        nd = self.spatial_ndim
         grid = self.plan(view.shape[2:], tile)
         predict_view(
-            self._forward(precision), view, out, grid, batch_size, self.device, tta, progress, normalise, denormalise
+            self._forward(precision),
+            view,
+            out,
+            grid,
+            batch_size,
+            self.device,
+            tta,
+            progress,
+            prepare=lambda x: normalise(x, self.mean, self.std, nd),
+            finish=lambda y: denormalise(y, self.target_mean, self.target_std, nd),
         )
 
     def predict_to(
