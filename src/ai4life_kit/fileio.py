@@ -15,7 +15,40 @@ from pathlib import Path
 
 from ai4life_kit.errors import OutputExistsError
 
-__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "check_writable", "prepare_output_dir"]
+__all__ = [
+    "apply_umask_mode",
+    "atomic_path",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "check_writable",
+    "prepare_output_dir",
+]
+
+
+def _current_umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+def apply_umask_mode(path: Path) -> None:
+    """Give ``path`` (and, for a folder, everything in it) the mode a plain create would give.
+
+    ``mkstemp`` and ``mkdtemp`` create 0600 files and 0700 folders; an output renamed from such
+    a temporary name would otherwise stay unreadable to a container's non-root user, a web
+    server or a colleague. Files get ``0666 & ~umask``, folders ``0777 & ~umask``.
+    """
+    umask = _current_umask()
+    path = Path(path)
+    if path.is_dir():
+        for root, dirs, files in os.walk(path):
+            for d in dirs:
+                os.chmod(os.path.join(root, d), 0o777 & ~umask)
+            for f in files:
+                os.chmod(os.path.join(root, f), 0o666 & ~umask)
+        os.chmod(path, 0o777 & ~umask)
+    else:
+        os.chmod(path, 0o666 & ~umask)
 
 
 def check_writable(path: Path, overwrite: bool) -> None:
@@ -39,11 +72,7 @@ def atomic_path(path: Path, overwrite: bool = True) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
-        # mkstemp creates 0600 files; give the result the usual umask-based mode so that, e.g.,
-        # a container's non-root user can read a package written by root.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
+        apply_umask_mode(tmp)
         os.replace(tmp, path)
     finally:
         if tmp.exists():

@@ -27,7 +27,7 @@ from ai4life_kit.errors import Ai4LifeKitError, UserInputError
 from ai4life_kit.export._testrun import collect_leaked_files
 from ai4life_kit.export.rundir import RunInfo, load_run
 from ai4life_kit.export.testdata import TestInput, make_test_input, min_size
-from ai4life_kit.fileio import check_writable
+from ai4life_kit.fileio import apply_umask_mode, check_writable
 
 __all__ = [
     "COMPAT_FORMAT_VERSION",
@@ -503,12 +503,14 @@ def package_run(
                 timings["bioimageio_test"] = time.perf_counter() - t
                 if not report.passed:
                     kept = failed_package_path(out)
+                    apply_umask_mode(tmp_zip)
                     os.replace(tmp_zip, kept)
                     raise Ai4LifeKitError(
                         f"the package failed its bioimageio.core test: {report.one_line()} "
                         f"(the failing package was kept at {kept}; run `ai4life-kit validate {kept}` for details)"
                     )
             check_writable(out, overwrite)
+            apply_umask_mode(tmp_zip)  # mkstemp made it 0600
             os.replace(tmp_zip, out)
             if report is not None:
                 report.source = str(out)  # the report names the file the user gets, not the temporary one

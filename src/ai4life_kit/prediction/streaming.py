@@ -29,7 +29,7 @@ import torch
 from ai4life_kit.data.sources import ImageSource, MemmapTiffTarget, ZarrTarget, require_zarr
 from ai4life_kit.data.views import CanonicalView
 from ai4life_kit.errors import DataError
-from ai4life_kit.fileio import atomic_path, check_writable
+from ai4life_kit.fileio import apply_umask_mode, atomic_path, check_writable
 from ai4life_kit.prediction.tiling import Job, TileGrid, run_tiles, symmetric_index, tile_jobs
 
 __all__ = [
@@ -198,6 +198,7 @@ def atomic_folder(path: Path, overwrite: bool = False) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=f".tmp{path.suffix}", dir=path.parent))
     try:
         yield tmp
+        apply_umask_mode(tmp)  # mkdtemp made it 0700
         old = None
         if path.exists() or path.is_symlink():
             old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
