@@ -40,7 +40,13 @@ Image = np.ndarray | CanonicalView
 
 @dataclass
 class TrainingSet:
-    """Canonical ``(S, C, *spatial)`` images (float32 arrays, or lazy views) with their origin."""
+    """Canonical ``(S, C, *spatial)`` images (float32 arrays, or lazy views) with their origin.
+
+    ``names``, ``axes``, ``dtypes``, ``shapes`` and ``paths`` describe the input files (native
+    axes, dtype and shape; absolute resolved paths), ``target_paths`` / ``target_axes`` /
+    ``target_dtypes`` the target files, paired by index. They are what the run directory records,
+    so that packaging can find the very files again (a folder or glob argument names none).
+    """
 
     images: list[Image]
     targets: list[Image] | None
@@ -48,6 +54,10 @@ class TrainingSet:
     axes: list[str]
     dtypes: list[str]
     shapes: list[tuple[int, ...]] = field(default_factory=list)
+    paths: list[Path] = field(default_factory=list)
+    target_paths: list[Path] | None = None
+    target_axes: list[str] | None = None
+    target_dtypes: list[str] | None = None
 
     @property
     def n_channels(self) -> int:
@@ -91,12 +101,14 @@ def load_training_set(
         Missing/corrupt files, wrong axes, NaNs, different channel counts, or target files
         whose number or shapes do not match the inputs.
     """
-    paths = resolve_inputs(list(data), "--data", allow_zarr=True)
-    target_paths = resolve_inputs(list(target), "--target", allow_zarr=True) if target else None
+    # Absolute and resolved: the run directory records them, and packaging may run elsewhere.
+    paths = [p.resolve() for p in resolve_inputs(list(data), "--data", allow_zarr=True)]
+    target_paths = [p.resolve() for p in resolve_inputs(list(target), "--target", allow_zarr=True)] if target else None
     if target_paths is not None and len(target_paths) != len(paths):
         raise DataError(f"--target has {len(target_paths)} file(s) but --data has {len(paths)}; they must pair up")
     cache = ChunkCache(cache_mb * 2**20)
     images, targets, names, all_axes, dtypes, shapes = [], [], [], [], [], []
+    target_axes, target_dtypes = [], []
     for i, path in enumerate(paths):
         src = open_source(path, axes, spatial_ndim, cache)
         images.append(CanonicalView(src, spatial_ndim))
@@ -111,6 +123,8 @@ def load_training_set(
                     f"target {target_paths[i].name} has shape {tgt.shape} but input {path.name} has shape {src.shape}"
                 )
             targets.append(CanonicalView(tgt, spatial_ndim))
+            target_axes.append(tgt.axes)
+            target_dtypes.append(str(tgt.dtype))
     channels = {v.shape[1] for v in images}
     if len(channels) > 1:
         raise DataError(f"input files have different channel counts {sorted(channels)}; train one model per kind")
@@ -118,7 +132,19 @@ def load_training_set(
     if not lazy:
         images = [v.to_array() for v in images]
         targets = [v.to_array() for v in targets]
-    return TrainingSet(images, targets if target_paths is not None else None, names, all_axes, dtypes, shapes)
+    paired = target_paths is not None
+    return TrainingSet(
+        images,
+        targets if paired else None,
+        names,
+        all_axes,
+        dtypes,
+        shapes,
+        paths=paths,
+        target_paths=target_paths,
+        target_axes=target_axes if paired else None,
+        target_dtypes=target_dtypes if paired else None,
+    )
 
 
 def training_stats(images: Sequence[Image], names: Sequence[str]) -> tuple[list[float], list[float]]:
@@ -170,15 +196,32 @@ def split_validation(
     if val_fraction <= 0:
         return ts, None
 
-    def subset(imgs, tgts, names):
-        return TrainingSet(imgs, tgts, names, ts.axes, ts.dtypes, ts.shapes)
+    def subset(imgs, tgts, files: slice = slice(None)) -> TrainingSet:
+        """The images ``imgs`` (and ``tgts``) of the input files ``files`` of ``ts``."""
+
+        def pick(values):
+            return None if values is None else values[files]
+
+        return TrainingSet(
+            imgs,
+            tgts,
+            ts.names[files],
+            ts.axes[files],
+            ts.dtypes[files],
+            ts.shapes[files],
+            paths=ts.paths[files],
+            target_paths=pick(ts.target_paths),
+            target_axes=pick(ts.target_axes),
+            target_dtypes=pick(ts.target_dtypes),
+        )
 
     n = len(ts.images)
     if n > 1:
         n_val = max(1, round(n * val_fraction))
         n_val = min(n_val, n - 1)
-        tr = subset(ts.images[:-n_val], ts.targets[:-n_val] if ts.targets else None, ts.names[:-n_val])
-        va = subset(ts.images[-n_val:], ts.targets[-n_val:] if ts.targets else None, ts.names[-n_val:])
+        train_files, val_files = slice(None, n - n_val), slice(n - n_val, None)
+        tr = subset(ts.images[train_files], ts.targets[train_files] if ts.targets else None, train_files)
+        va = subset(ts.images[val_files], ts.targets[val_files] if ts.targets else None, val_files)
         return tr, va
     img = ts.images[0]
     tgt = ts.targets[0] if ts.targets else None
@@ -186,8 +229,8 @@ def split_validation(
         n_val = min(max(1, round(img.shape[0] * val_fraction)), img.shape[0] - 1)
         cut = img.shape[0] - n_val
         n_s = img.shape[0]
-        tr = subset([_take(img, 0, 0, cut)], [_take(tgt, 0, 0, cut)] if tgt is not None else None, ts.names)
-        va = subset([_take(img, 0, cut, n_s)], [_take(tgt, 0, cut, n_s)] if tgt is not None else None, ts.names)
+        tr = subset([_take(img, 0, 0, cut)], [_take(tgt, 0, 0, cut)] if tgt is not None else None)
+        va = subset([_take(img, 0, cut, n_s)], [_take(tgt, 0, cut, n_s)] if tgt is not None else None)
         return tr, va
     # One image: a strip along the longest spatial axis, at least one patch thick.
     spatial = img.shape[2:]
@@ -204,4 +247,4 @@ def split_validation(
     va_img = _take(img, ax, size - strip, size)
     tr_t = [_take(tgt, ax, 0, size - strip)] if tgt is not None else None
     va_t = [_take(tgt, ax, size - strip, size)] if tgt is not None else None
-    return subset([tr_img], tr_t, ts.names), subset([va_img], va_t, ts.names)
+    return subset([tr_img], tr_t), subset([va_img], va_t)

@@ -152,6 +152,16 @@ def _write_epoch(out: Path, last: dict, best: dict | None, rows: list[dict]) -> 
     write_metrics(rows, out / "metrics.csv")
 
 
+def _file_entries(
+    paths: Sequence[Path], axes: Sequence[str] | None, shapes: Sequence[tuple[int, ...]], dtypes: Sequence[str] | None
+) -> list[dict]:
+    """``training_summary.json``'s record of image files: name, absolute path, native axes, shape, dtype."""
+    return [
+        {"name": p.name, "path": str(p), "axes": a, "shape": list(s), "dtype": d}
+        for p, a, s, d in zip(paths, axes or [], shapes, dtypes or [], strict=True)
+    ]
+
+
 def _write_report(out: Path, rows: list[dict], title: str, summary: dict) -> None:
     """Loss plot and training summary at the end of the session (rank 0)."""
     if rows:
@@ -374,12 +384,17 @@ def _train(
     best_row = min(rows, key=lambda r: r["val_loss"]) if rows else {}
     summary = {
         "algorithm": spec.algorithm.name,
-        "files": [str(Path(p)) for p in data],
-        "target_files": [str(Path(p)) for p in target] if target else None,
-        "inputs": [
-            {"name": n, "axes": a, "shape": list(s), "dtype": d}
-            for n, a, s, d in zip(ts.names, ts.axes, ts.shapes, ts.dtypes, strict=True)
-        ],
+        # The files the arguments resolved to (absolute), not the arguments: a folder or a glob
+        # names no image, and packaging reads its test tensors from these very files.
+        "files": [str(p) for p in ts.paths],
+        "target_files": [str(p) for p in ts.target_paths] if ts.target_paths is not None else None,
+        "data_arguments": [str(p) for p in data],
+        "target_arguments": [str(p) for p in target] if target else None,
+        "inputs": _file_entries(ts.paths, ts.axes, ts.shapes, ts.dtypes),
+        # Targets have their inputs' shapes (load_training_set checks it).
+        "targets": _file_entries(ts.target_paths, ts.target_axes, ts.shapes, ts.target_dtypes)
+        if ts.target_paths is not None
+        else None,
         "validation": "held-out files"
         if val_set is not None and len(ts.images) > 1
         else ("held-out region" if val_set is not None else "training patches (val_fraction 0)"),
