@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,15 @@ import numpy as np
 
 from ai4life_kit.export.rundir import RunInfo
 
-__all__ = ["ALGORITHMS", "AlgorithmInfo", "algorithm_info", "write_documentation", "write_cover", "validation_metrics"]
+__all__ = [
+    "ALGORITHMS",
+    "COVER_MAX_BYTES",
+    "AlgorithmInfo",
+    "algorithm_info",
+    "write_documentation",
+    "write_cover",
+    "validation_metrics",
+]
 
 
 @dataclass(frozen=True)
@@ -133,32 +142,49 @@ def validation_metrics(run: RunInfo) -> dict[str, Any]:
     return found
 
 
+def _file_records(summary: dict[str, Any], records_key: str, files_key: str) -> list[dict[str, Any]]:
+    """Per-file records (``name``, ``axes``, ``shape``, ``dtype``) of ``training_summary.json``.
+
+    Runs record every resolved file under ``inputs`` / ``targets``; without those (older or
+    hand-made run directories) the names under ``files`` / ``target_files`` are all there is.
+    """
+    records = summary.get(records_key)
+    if isinstance(records, list) and records and all(isinstance(r, dict) for r in records):
+        return [{**r, "name": str(r.get("name") or Path(str(r.get("path") or "?")).name)} for r in records]
+    files = summary.get(files_key)
+    out = []
+    for f in files if isinstance(files, list) else []:
+        if isinstance(f, dict):
+            f = f.get("path") or f.get("file") or f.get("name")
+        if f is not None:
+            out.append({"name": Path(str(f)).name})
+    return out
+
+
+def _shape_text(shape: Any) -> str:
+    if isinstance(shape, (list, tuple)) and all(isinstance(n, int) for n in shape):
+        return " × ".join(str(n) for n in shape)
+    return "" if shape is None else str(shape)
+
+
+# More rows make the README a file listing; the run directory has them all.
+_MAX_FILE_ROWS = 20
+
+
 def _data_lines(run: RunInfo) -> list[str]:
-    """Training-data summary from ``training_summary.json`` (whatever keys it has)."""
+    """Training-data summary from ``training_summary.json``: the files read (name, axes, shape), key numbers."""
     s = run.summary
     lines = []
-    files = s.get("files")
-    if isinstance(files, list) and files:
-        names = []
-        for f in files:
-            if isinstance(f, dict):
-                f = f.get("path") or f.get("file") or f.get("name")
-            if f is not None:
-                names.append(Path(str(f)).name)
-        shown = ", ".join(f"`{n}`" for n in names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
-        lines.append(f"- Training images ({len(names)}): {shown}")
-    targets = s.get("target_files")
-    if isinstance(targets, list) and targets:
-        lines.append(f"- Target images: {len(targets)} (paired with the inputs by order)")
-    inputs = s.get("inputs")
-    if isinstance(inputs, list) and inputs and all(isinstance(i, dict) for i in inputs):
-        shapes = [f"{i.get('shape')} ({i.get('axes')}, {i.get('dtype')})" for i in inputs[:3]]
-        lines.append("- Image shapes: " + "; ".join(shapes) + (" ..." if len(inputs) > 3 else ""))
+    inputs = _file_records(s, "inputs", "files")
+    targets = _file_records(s, "targets", "target_files")
+    if inputs:
+        lines.append(f"- Training images: {len(inputs)} file(s), listed below.")
+    if targets:
+        lines.append(f"- Target images: {len(targets)} file(s), paired with the inputs by order.")
     for key, label in (
         ("n_channels", "Channels"),
-        ("n_train_patches", "Training patches"),
-        ("n_val_patches", "Validation patches"),
         ("validation", "Validation split"),
+        ("data_loading", "Data loading"),
         ("epochs_run", "Epochs run"),
         ("early_stopped", "Stopped early"),
         ("steps", "Optimisation steps"),
@@ -169,7 +195,22 @@ def _data_lines(run: RunInfo) -> list[str]:
         if value is not None and not isinstance(value, (dict, list)):
             lines.append(f"- {label}: {_fmt(value)}")
     if not lines:
-        lines.append("- (the run directory recorded no training data summary)")
+        return ["- (the run directory recorded no training data summary)"]
+    if inputs:
+        paired = len(targets) == len(inputs)
+        lines += [
+            "",
+            "| training image |" + (" target |" if paired else "") + " axes | shape | dtype |",
+            "|---|" + ("---|" if paired else "") + "---|---|---|",
+        ]
+        for i, rec in enumerate(inputs[:_MAX_FILE_ROWS]):
+            target = f" `{targets[i]['name']}` |" if paired else ""
+            lines.append(
+                f"| `{rec['name']}` |{target} {rec.get('axes') or ''} | {_shape_text(rec.get('shape'))} "
+                f"| {rec.get('dtype') or ''} |"
+            )
+        if len(inputs) > _MAX_FILE_ROWS:
+            lines.append(f"| ... and {len(inputs) - _MAX_FILE_ROWS} more |" + (" |" if paired else "") + " | | |")
     return lines
 
 
@@ -181,8 +222,13 @@ def write_documentation(
     description: str,
     test_source: str,
     weight_formats: list[str],
+    synthetic_test: bool = False,
 ) -> Path:
-    """Write the package README (model, training, ``## Validation``, usage, citation)."""
+    """Write the package README (model, training, ``## Validation``, usage, citation).
+
+    ``synthetic_test`` says the test tensors are synthetic noise (``--synthetic-test-data``), which
+    the README then states plainly: a reader must not take them, or the cover, for real data.
+    """
     spec = run.spec
     algos = algorithm_info(run)
     algo = algos[0]
@@ -244,6 +290,17 @@ def write_documentation(
         "",
         f"The test input is a {test_source}; the test output is this model's prediction on it, which every "
         "weight format reproduces within bioimage.io's default tolerances (checked with `bioimageio test`).",
+    ]
+    if synthetic_test:
+        lines += [
+            "",
+            "**The test and sample tensors are synthetic**: seeded random noise with the training mean and "
+            "standard deviation, packaged with `--synthetic-test-data` instead of a crop of the training data. "
+            "They show that every weight format computes the same output, not that the model denoises "
+            "microscopy images, and the cover shows this noise, not real data.",
+            "",
+        ]
+    lines += [
         "To validate the model on your own data, denoise held-out images and compare them with ground truth "
         "(e.g. PSNR / SSIM), or inspect residuals (input - output) for structure: they should look like noise.",
         "",
@@ -276,38 +333,111 @@ def write_documentation(
     return path
 
 
-def _to_rgb(img: np.ndarray) -> np.ndarray:
-    """``c, y, x`` float -> ``y, x, 3`` uint8 with 1-99.8 percentile contrast per channel."""
-    chans = []
-    for ch in img[:3]:
-        lo, hi = np.percentile(ch, [1.0, 99.8])
-        chans.append(np.clip((ch - lo) / (hi - lo if hi > lo else 1.0), 0, 1))
+# bioimage.io shows covers at 2:1 and asks for files under 500 kB.
+COVER_MAX_BYTES = 500_000
+_PERCENTILES = (1.0, 99.8)
+
+
+def _plane(tensor: np.ndarray) -> np.ndarray:
+    """``b, c, (z), y, x`` -> ``c, y, x``: the first batch item, the middle Z slice of a stack."""
+    a = np.asarray(tensor, dtype=np.float32)[0]
+    return a[:, a.shape[1] // 2] if a.ndim == 4 else a
+
+
+def _shared_stretch(planes: list[np.ndarray]) -> list[tuple[float, float]]:
+    """Per-channel ``(lo, hi)`` percentiles over all ``planes`` together (up to three channels).
+
+    One stretch for input and output, so the panels compare like for like: a separate stretch
+    per panel would hide how much the output's intensities differ from the input's.
+    """
+    ranges = []
+    for c in range(min(3, planes[0].shape[0])):
+        values = np.concatenate([p[c].ravel() for p in planes if c < p.shape[0]])
+        lo, hi = (float(v) for v in np.percentile(values, _PERCENTILES))
+        ranges.append((lo, hi if hi > lo else lo + 1.0))
+    return ranges
+
+
+def _to_display(plane: np.ndarray, ranges: list[tuple[float, float]]) -> np.ndarray:
+    """``c, y, x`` float -> ``y, x`` (one channel: grey) or ``y, x, 3`` (composite) uint8."""
+    chans = [np.clip((plane[c] - lo) / (hi - lo), 0, 1) for c, (lo, hi) in enumerate(ranges)]
     if len(chans) == 1:
-        rgb = np.stack([chans[0]] * 3, axis=-1)
-    elif len(chans) == 2:  # magenta / green
-        rgb = np.stack([chans[0], chans[1], chans[0]], axis=-1)
+        out = chans[0]
+    elif len(chans) == 2:  # magenta / green: readable for colour-blind viewers too
+        out = np.stack([chans[0], chans[1], chans[0]], axis=-1)
     else:
-        rgb = np.stack(chans, axis=-1)
-    return (rgb * 255).round().astype(np.uint8)
+        out = np.stack(chans, axis=-1)
+    return (out * 255).round().astype(np.uint8)
 
 
-def write_cover(path: Path, test_input: np.ndarray, test_output: np.ndarray, side: int = 256) -> Path:
-    """A 2:1 PNG (noisy | denoised) of the test tensors (middle z-slice for 3D), ``side`` pixels high."""
-    from PIL import Image
+def _font(size: int):
+    from PIL import ImageFont
 
-    def panel(a: np.ndarray) -> Image.Image:
-        a = a[0]  # batch
-        if a.ndim == 4:  # c, z, y, x
-            a = a[:, a.shape[1] // 2]
-        rgb = _to_rgb(a)
-        h, w = rgb.shape[:2]
-        n = max(h, w)
-        square = np.full((n, n, 3), 255, dtype=np.uint8)
-        square[(n - h) // 2 : (n - h) // 2 + h, (n - w) // 2 : (n - w) // 2 + w] = rgb
-        resample = Image.Resampling.NEAREST if n < side else Image.Resampling.BILINEAR
-        return Image.fromarray(square).resize((side, side), resample)
+    try:
+        return ImageFont.load_default(size=size)  # scalable with FreeType (Pillow >= 10.1)
+    except (TypeError, ValueError, OSError):  # pragma: no cover - Pillow without FreeType
+        return ImageFont.load_default()
 
-    canvas = np.concatenate([np.asarray(panel(test_input)), np.asarray(panel(test_output))], axis=1)
-    canvas[:, side - 1 : side + 1] = 255  # thin separator
-    Image.fromarray(canvas).save(path, format="PNG")
-    return path
+
+def _render_cover(planes: list[np.ndarray], labels: Sequence[str], side: int):
+    """The two panels side by side, each ``side`` pixels square, labelled in their top-left corner."""
+    from PIL import Image, ImageDraw
+
+    ranges = _shared_stretch(planes)
+    displays = [_to_display(p, ranges) for p in planes]
+    mode = "L" if displays[0].ndim == 2 else "RGB"
+    canvas = Image.new(mode, (2 * side, side), 0)
+    draw = ImageDraw.Draw(canvas)
+    font = _font(max(12, side // 14))
+    gap = max(2, side // 128)  # a thin white separator between the panels
+    for k, (disp, label) in enumerate(zip(displays, labels, strict=True)):
+        h, w = disp.shape[:2]
+        scale = side / max(h, w)
+        size = (max(1, round(w * scale)), max(1, round(h * scale)))
+        # Enlarged pixels stay sharp (no invented smoothness); reduced ones are averaged.
+        resample = Image.Resampling.NEAREST if scale >= 1 else Image.Resampling.LANCZOS
+        img = Image.fromarray(disp).resize(size, resample)
+        x0, y0 = k * side + (side - size[0]) // 2, (side - size[1]) // 2
+        canvas.paste(img, (x0, y0))
+        pad = max(3, side // 64)
+        box = draw.textbbox((k * side + 2 * pad, 2 * pad), label, font=font)
+        draw.rectangle((box[0] - pad, box[1] - pad, box[2] + pad, box[3] + pad), fill=0)
+        draw.text((k * side + 2 * pad, 2 * pad), label, fill=255 if mode == "L" else (255, 255, 255), font=font)
+    draw.rectangle((side - gap // 2, 0, side + (gap - gap // 2) - 1, side - 1), fill=255 if mode == "L" else "white")
+    return canvas
+
+
+def write_cover(
+    path: Path,
+    test_input: np.ndarray,
+    test_output: np.ndarray,
+    side: int = 384,
+    labels: Sequence[str] = ("input", "output (denoised)"),
+    max_bytes: int = COVER_MAX_BYTES,
+) -> Path:
+    """A 2:1 PNG: input | output of the test tensors, with one contrast stretch, labelled.
+
+    Parameters
+    ----------
+    path
+        PNG to write.
+    test_input, test_output
+        Raw ``b, c, (z), y, x`` tensors; 3D shows the middle Z slice, two channels a
+        magenta/green composite, three or more the first three as RGB.
+    side
+        Height of the cover (each panel is ``side`` pixels square); reduced until the file is
+        under ``max_bytes`` (noise compresses badly).
+    labels
+        Text drawn on the two panels.
+    """
+    import io
+
+    planes = [_plane(test_input), _plane(test_output)]
+    while True:
+        buf = io.BytesIO()
+        _render_cover(planes, labels, side).save(buf, format="PNG", optimize=True)
+        if buf.tell() <= max_bytes or side <= 64:
+            break
+        side = max(64, int(side * 0.8))
+    Path(path).write_bytes(buf.getvalue())
+    return Path(path)
