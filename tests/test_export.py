@@ -18,7 +18,7 @@ import torch
 import yaml
 
 from ai4life_kit.config import parse_spec, save_spec
-from ai4life_kit.errors import Ai4LifeKitError, ModelLoadError, OutputExistsError, UserInputError
+from ai4life_kit.errors import Ai4LifeKitError, DataError, ModelLoadError, OutputExistsError, UserInputError
 from ai4life_kit.export import build as build_mod
 from ai4life_kit.export import check_format, inspect_zip, load_run, package_run, run_package_test
 from ai4life_kit.export.build import _patch_rdf_for_old_consumers, failed_package_path
@@ -154,9 +154,11 @@ def test_small_training_image_is_mirror_padded_to_the_minimum(tmp_path):
     assert test.padded
 
 
-def test_missing_training_data_falls_back_to_synthetic_input(tmp_path):
+def test_missing_training_data_falls_back_to_synthetic_input_only_when_asked(tmp_path):
     run = load_run(make_run(tmp_path / "run", write_image=False))
-    test = make_test_input(run)
+    with pytest.raises(DataError, match="--synthetic-test-data"):
+        make_test_input(run)
+    test = make_test_input(run, synthetic=True)
     assert test.synthetic
     assert test.array.shape == (1, 1, 26, 26)
     assert abs(float(test.array.mean()) - run.mean[0]) < 3 * run.std[0]

@@ -31,9 +31,20 @@ def package(
     version: Annotated[str, typer.Option(help="Model version.")] = "0.1.0",
     test_image: Annotated[
         Path | None,
-        typer.Option(help="Image for the test/sample tensors (default: the run's first training image)."),
+        typer.Option(
+            help="TIFF or Zarr image for the test/sample tensors and the cover (default: the run's first "
+            "training image, as recorded in its training_summary.json)."
+        ),
     ] = None,
     test_axes: Annotated[str | None, typer.Option(help="Axes of --test-image, e.g. SCYX (default: metadata).")] = None,
+    synthetic_test_data: Annotated[
+        bool,
+        typer.Option(
+            "--synthetic-test-data",
+            help="Use seeded synthetic noise (with the training statistics) as test/sample tensors and cover, "
+            "for runs whose training images are gone or may not be shared; the package README says so.",
+        ),
+    ] = False,
     no_onnx: Annotated[bool, typer.Option("--no-onnx", help="Leave out the ONNX weights.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing package.")] = False,
 ) -> None:
@@ -41,8 +52,9 @@ def package(
 
     The package has TorchScript, state-dict and (unless --no-onnx) ONNX weights, the training
     normalisation built in (raw intensities in, raw intensities out), test and sample tensors
-    cropped from the training data, documentation and a cover. It is written only if
-    `bioimageio test` passes.
+    cropped from the training data (or --test-image), documentation and a cover. It is written
+    only if `bioimageio test` passes. When the training images cannot be read any more, give
+    --test-image, or --synthetic-test-data to package synthetic noise (the README says so).
     """
     import time
 
@@ -65,6 +77,7 @@ def package(
         overwrite=overwrite,
         test_image=test_image,
         test_axes=test_axes,
+        synthetic_test_data=synthetic_test_data,
         log=lambda msg: console.print(f"  {msg}..."),
     )
     for note in result.notes:

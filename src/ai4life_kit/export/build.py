@@ -373,15 +373,22 @@ def package_run(
     overwrite: bool = False,
     test_image: Path | None = None,
     test_axes: str | None = None,
+    synthetic_test_data: bool = False,
     run_test: bool = True,
     log: Callable[[str], None] | None = None,
 ) -> PackageResult:
     """Package a run directory as a tested bioimage.io model zip at ``out``.
 
+    The test and sample tensors (and the cover) are a crop of ``test_image``, else of the run's
+    training data; synthetic noise only with ``synthetic_test_data`` (the README then says so).
+
     Raises
     ------
     OutputExistsError
         ``out`` exists and ``overwrite`` is false.
+    DataError
+        No ``test_image`` is given, no training file of the run can be read any more, and
+        ``synthetic_test_data`` is false.
     ModelLoadError
         The run directory is not usable (no finished checkpoint, missing normalisation...).
     Ai4LifeKitError
@@ -413,10 +420,13 @@ def package_run(
     model = run.build_model()
     name = (name or _default_name(run)).strip()
     description = (description or _default_description(run)).strip()
-    test_in: TestInput = make_test_input(run, test_image, test_axes)
+    test_in: TestInput = make_test_input(run, test_image, test_axes, synthetic=synthetic_test_data)
     notes = []
     if test_in.synthetic:
-        notes.append("no training image could be read: the test tensors are synthetic noise")
+        notes.append(
+            "--synthetic-test-data: the test and sample tensors and the cover are synthetic noise, not microscopy "
+            "data (the README says so; bioimage.io's reviewers may ask for real ones)"
+        )
     test_out = compute_test_output(run, model, test_in.array)
     timings["load_and_test_tensors"] = time.perf_counter() - t0
 
@@ -464,6 +474,7 @@ def package_run(
             description=description,
             test_source=test_in.source,
             weight_formats=formats,
+            synthetic_test=test_in.synthetic,
         )
         docs.write_cover(files["cover"], test_in.array, test_out)
 
