@@ -1,13 +1,14 @@
 """``package`` wall time for a 2D model (bioimageio test included) and the zip size.
 
-    .venv/bin/python benchmarks/bench_package.py [--repeats 3] [--width 32] [--oldstack]
+    .venv/bin/python benchmarks/bench_package.py [--repeats 3] [--width 32] [--consumers]
 
 1. trains a recipe-sized N2V2 U-Net (2D, depth 2, width 32 as model_specs use) for a few steps on
    a simulated 512 x 512 image (how well it is trained does not change what is timed);
 2. packages it ``--repeats`` times exactly as ``ai4life-kit package`` does (three weight formats,
    test tensors cropped from the training image, format validation, ``bioimageio test``) and
    records the wall time of each step;
-3. optionally (``--oldstack``) times the test with ilastik's bioimageio.core 0.10.2 stack too.
+3. optionally (``--consumers``) times ``validate --consumers``: the package in every consumer's own
+   runtime (BioEngine, ilastik, deepImageJ's engines, QuPath), per consumer, runtimes already installed.
 
 Aim: under 30 s for the whole ``package`` on 2 CPU cores. Writes
 ``benchmarks/results/package.json`` and prints it.
@@ -50,7 +51,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--width", type=int, default=32)
-    parser.add_argument("--oldstack", action="store_true", help="also time the test with ilastik's stack")
+    parser.add_argument("--consumers", action="store_true", help="also time the package in every consumer runtime")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
 
@@ -106,14 +107,17 @@ def main() -> None:
         "zip_megabytes": round(runs[-1]["zip_bytes"] / 1e6, 2),
         "runs": runs,
     }
-    if args.oldstack:
-        from ai4life_kit.export.validate import ensure_stack, run_package_test_with_stack
+    if args.consumers:
+        from ai4life_kit.export.consumers import RUNTIMES, ensure_runtime, run_consumers
 
-        stack = ensure_stack()
+        for name in RUNTIMES:  # installs are timed apart from the checks
+            ensure_runtime(name)
         t0 = time.perf_counter()
-        report = run_package_test_with_stack(out, stack)
-        summary["oldstack_test_seconds"] = round(time.perf_counter() - t0, 2)
-        summary["oldstack_passed"] = report.passed
+        matrix = run_consumers(out)
+        summary["consumers_seconds"] = round(time.perf_counter() - t0, 2)
+        summary["consumers_seconds_each"] = matrix.seconds
+        summary["consumers_passed"] = matrix.passed
+        summary["consumers_failures"] = matrix.failures()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary, indent=2))

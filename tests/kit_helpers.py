@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
 from typer.testing import CliRunner
 
 from ai4life_kit.cli.app import app
@@ -66,21 +65,3 @@ def psnr_gain(gt: np.ndarray, noisy: np.ndarray, denoised: np.ndarray) -> tuple[
 
 def tiff_files(folder: Path) -> list[Path]:
     return sorted(folder.glob("*.tif"))
-
-
-def old_stack() -> Path:
-    """ilastik's bioimageio stack, installed once into the cache (needs PyPI the first time).
-
-    In CI (``CI`` set) an installation failure fails the test; elsewhere it skips it.
-    """
-    import os
-
-    from ai4life_kit.errors import Ai4LifeKitError
-    from ai4life_kit.export.validate import ensure_stack
-
-    try:
-        return ensure_stack()
-    except Ai4LifeKitError as exc:
-        if os.environ.get("CI"):
-            raise
-        pytest.skip(f"ilastik's bioimageio stack cannot be installed here: {exc}")

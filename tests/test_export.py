@@ -27,7 +27,6 @@ from ai4life_kit.export.testdata import make_test_input, min_size, valid_size
 from ai4life_kit.models.unet import UNet, receptive_field_radius
 from ai4life_kit.prediction import Predictor
 from ai4life_kit.prediction.package_loader import load_predictor_from_package, read_package
-from kit_helpers import old_stack
 
 AUTHOR = "Ada Lovelace"
 GITHUB_USER = "ada-lovelace-test"  # unknown to bioimageio.spec: must never be looked up online
@@ -322,16 +321,6 @@ def test_package_loader_imports_no_bioimageio():
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
-
-
-@pytest.mark.oldstack
-def test_package_passes_ilastiks_bioimageio_stack(packaged):
-    from ai4life_kit.export.validate import run_package_test_with_stack
-
-    _, out, _ = packaged
-    report = run_package_test_with_stack(out, old_stack())
-    assert report.stack == {"bioimageio.core": "0.10.2", "bioimageio.spec": "0.5.9.1"}
-    assert report.passed, report.format()
 
 
 def test_rdf_patch_only_touches_what_old_consumers_reject():

@@ -13,7 +13,7 @@ from ai4life_kit.export import package_run
 from ai4life_kit.prediction import Predictor
 from ai4life_kit.simulate import simulate_dataset
 from ai4life_kit.training import train
-from kit_helpers import invoke, old_stack, small_spec
+from kit_helpers import invoke, small_spec
 
 pytestmark = pytest.mark.slow
 
@@ -116,17 +116,6 @@ def test_package_passes_current_bioimageio_test(built, case):
     assert result.report.passed, result.report.format()
     assert len(result.report.failed_checks) == 0
     assert result.notes == []  # no synthetic test data, no format warnings
-
-
-@pytest.mark.oldstack
-@pytest.mark.parametrize("case", CASES)
-def test_package_passes_ilastiks_bioimageio_stack(built, case):
-    from ai4life_kit.export.validate import run_package_test_with_stack
-
-    _, out, _ = built(case)
-    report = run_package_test_with_stack(out, old_stack())
-    assert report.stack["bioimageio.core"] == "0.10.2"
-    assert report.passed, report.format()
 
 
 @pytest.mark.parametrize("case", CASES)

@@ -6,7 +6,7 @@ Command modules import only typer and the standard library at import time so tha
 
 from __future__ import annotations
 
-from ai4life_kit.cli import challenge, demo, evaluate, package, predict, simulate, train
+from ai4life_kit.cli import challenge, demo, evaluate, package, predict, simulate, train, validate
 from ai4life_kit.cli._group import new_app
 
 __all__ = ["app", "main"]
@@ -17,7 +17,7 @@ app.command("predict")(predict.predict)
 app.command("simulate")(simulate.simulate)
 app.command("evaluate")(evaluate.evaluate)
 app.command("package")(package.package)
-app.command("validate")(package.validate)
+app.command("validate")(validate.validate)
 app.add_typer(challenge.app, name="challenge")
 app.command("demo")(demo.demo)
 

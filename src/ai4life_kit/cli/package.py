@@ -1,4 +1,4 @@
-"""``ai4life-kit package`` and ``ai4life-kit validate``: bioimage.io model zips.
+"""``ai4life-kit package``: a tested bioimage.io model zip from a run directory (``validate`` is in ``validate.py``).
 
 Only typer and the standard library are imported here; bioimageio and torch are imported inside
 the command bodies so that ``ai4life-kit --help`` stays fast.
@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-__all__ = ["package", "validate"]
+__all__ = ["package"]
 
 
 def package(
@@ -96,34 +96,3 @@ def package(
         f"bioimageio test passed ({len(report.checks) if report else 0} checks{', ' + stack if stack else ''}) "
         f"in {time.perf_counter() - t0:.1f} s"
     )
-
-
-def validate(
-    model: Annotated[Path, typer.Argument(help="A bioimage.io model zip (ours or anyone's).")],
-    ilastik_stack: Annotated[
-        bool,
-        typer.Option(
-            "--ilastik-stack",
-            help="Also test with ilastik's bioimageio.core 0.10.2 / spec 0.5.9.1, installed on first use "
-            "into ~/.cache/ai4life-kit/oldstack (needs PyPI once).",
-        ),
-    ] = False,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="List passed checks too.")] = False,
-) -> None:
-    """Run the full bioimageio.core test on a model zip and print which checks failed and why.
-
-    Exit code 0 only when the test passed (with every stack tested); 1 when it failed; 2 when the
-    file is not a model zip at all (missing, corrupt, no rdf.yaml).
-    """
-    from ai4life_kit.errors import Ai4LifeKitError
-    from ai4life_kit.export.validate import ensure_stack, inspect_zip, run_package_test, run_package_test_with_stack
-
-    inspect_zip(model)  # a clear one-line error (exit 2) for files that are not model zips
-    reports = [run_package_test(model)]
-    if ilastik_stack:
-        reports.append(run_package_test_with_stack(model, ensure_stack()))
-    for report in reports:
-        typer.echo(report.format(verbose=verbose))
-    failed = [r for r in reports if not r.passed]
-    if failed:
-        raise Ai4LifeKitError(f"{model} failed the bioimageio test: {failed[0].one_line()}")

@@ -11,10 +11,8 @@ from ai4life_kit.export.validate import (
     Check,
     TestReport,
     check_format,
-    ensure_stack,
     inspect_zip,
     run_package_test,
-    run_package_test_with_stack,
 )
 
 __all__ = [
@@ -23,11 +21,9 @@ __all__ = [
     "RunInfo",
     "TestReport",
     "build_model_descr",
-    "ensure_stack",
     "inspect_zip",
     "check_format",
     "load_run",
     "package_run",
     "run_package_test",
-    "run_package_test_with_stack",
 ]

@@ -1,10 +1,11 @@
 """Run ``bioimageio.core``'s model test and summarise it as plain JSON-able data.
 
-This module imports ``bioimageio`` only inside functions and uses nothing but the attributes
-that every bioimageio.core 0.10 / 0.11 summary has, so it also runs in a subprocess whose
-``PYTHONPATH`` puts another bioimageio.core version first (ilastik's stack):
+This module imports nothing of ai4life-kit and ``bioimageio`` only inside functions, and uses
+nothing but the attributes that every bioimageio.core 0.10 / 0.11 summary has: the consumer
+probes (:mod:`ai4life_kit.export._consumer_probe`) load it by path inside other runtimes (the
+BioEngine's bioimageio.core 0.10.4, ilastik's 0.10.2). As a script,
 
-    PYTHONPATH=STACK_DIR python -m ai4life_kit.export._testrun MODEL.zip [--github-user NAME ...]
+    python -m ai4life_kit.export._testrun MODEL.zip [--github-user NAME ...]
 
 prints one JSON object on stdout.
 """

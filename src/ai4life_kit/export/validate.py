@@ -3,9 +3,9 @@
 - :func:`inspect_zip` rejects what is not a model package (missing file, corrupt zip, no rdf,
   not a model) with a :class:`ModelLoadError` before bioimageio is even imported.
 - :func:`check_format` is ``bioimageio validate-format``.
-- :func:`run_package_test` is ``bioimageio test`` in this process (current stack);
-  :func:`run_package_test_with_stack` runs it in a subprocess with another bioimageio.core on
-  ``PYTHONPATH`` (ilastik's 0.10.2 stack, installed by :func:`ensure_stack`).
+- :func:`run_package_test` is ``bioimageio test`` in this process (current stack); the consumers'
+  own runtimes (ilastik's, the BioEngine's, deepImageJ's engines) are in
+  :mod:`ai4life_kit.export.consumers`.
 
 GitHub user names found in the rdf are registered as known first, so that no test needs the
 network (bioimageio.spec would otherwise look each unknown name up on api.github.com).
@@ -13,35 +13,24 @@ network (bioimageio.spec would otherwise look each unknown name up on api.github
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 import zipfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ai4life_kit.errors import Ai4LifeKitError, ModelLoadError
+from ai4life_kit.errors import ModelLoadError
 from ai4life_kit.export._testrun import collect_leaked_files
 
 __all__ = [
-    "ILASTIK_STACK",
     "Check",
     "TestReport",
     "inspect_zip",
     "check_format",
     "run_package_test",
-    "run_package_test_with_stack",
-    "ensure_stack",
-    "default_stack_dir",
 ]
 
 RDF_NAMES = ("rdf.yaml", "bioimageio.yaml")
-# What ilastik ships today: it rejects the {source, sha256} documentation/covers of spec >= 0.5.11.
-ILASTIK_STACK = ("bioimageio.core==0.10.2", "bioimageio.spec==0.5.9.1")
-_RESULT_MARK = "@@AI4LIFE_KIT_RESULT@@"
 _INFO = 20  # bioimageio.spec warning severity "info"
 
 
@@ -285,78 +274,3 @@ def run_package_test(path: Path, extra_github_users: list[str] = (), weight_form
     data["name"] = str(rdf.get("name", ""))
     data["rdf_format_version"] = str(rdf.get("format_version", ""))
     return TestReport.from_dict(str(path), data)
-
-
-def run_package_test_with_stack(
-    path: Path,
-    stack_dir: Path,
-    extra_github_users: list[str] = (),  # type: ignore[assignment]
-    timeout: float = 900,
-) -> TestReport:
-    """``bioimageio test`` in a subprocess whose ``PYTHONPATH`` starts with ``stack_dir``."""
-    rdf = inspect_zip(path)
-    users = [*github_users_in(rdf), *extra_github_users]
-    env = dict(os.environ)
-    src_dir = str(Path(__file__).resolve().parents[2])  # so the subprocess imports this ai4life_kit
-    env["PYTHONPATH"] = os.pathsep.join([str(stack_dir), src_dir, *filter(None, [env.get("PYTHONPATH")])])
-    cmd = [sys.executable, "-m", "ai4life_kit.export._testrun", str(path)]
-    for u in users:
-        cmd += ["--github-user", u]
-    try:
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, check=False)
-    except subprocess.TimeoutExpired:
-        return TestReport(source=str(path), status="failed", error=f"the test did not finish within {timeout:.0f} s")
-    marker = proc.stdout.rfind(_RESULT_MARK)
-    if marker < 0:
-        tail = " | ".join((proc.stderr or proc.stdout).strip().splitlines()[-3:])
-        return TestReport(source=str(path), status="failed", error=f"exit code {proc.returncode}: {tail}")
-    data = json.loads(proc.stdout[marker + len(_RESULT_MARK) :].splitlines()[0])
-    data["name"] = str(rdf.get("name", ""))
-    data["rdf_format_version"] = str(rdf.get("format_version", ""))
-    return TestReport.from_dict(str(path), data)
-
-
-def default_stack_dir() -> Path:
-    """Where ilastik's bioimageio stack is installed: ``$AI4LIFE_KIT_CACHE/oldstack`` (or ~/.cache)."""
-    base = os.environ.get("AI4LIFE_KIT_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "ai4life-kit"
-    )
-    return Path(base) / "oldstack"
-
-
-def _stack_versions(stack_dir: Path) -> dict[str, str] | None:
-    env = dict(os.environ, PYTHONPATH=str(stack_dir))
-    code = (
-        "import json, bioimageio.core as c, bioimageio.spec as s; "
-        "print(json.dumps([c.__version__, s.__version__, c.__file__]))"
-    )
-    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        return None
-    core, spec, where = json.loads(proc.stdout.strip().splitlines()[-1])
-    if not Path(where).resolve().is_relative_to(Path(stack_dir).resolve()):
-        return None
-    return {"bioimageio.core": core, "bioimageio.spec": spec}
-
-
-def ensure_stack(stack_dir: Path | None = None, requirements: tuple[str, ...] = ILASTIK_STACK) -> Path:
-    """Install ``requirements`` into ``stack_dir`` (``pip install --target --no-deps``) if not there yet.
-
-    ``--no-deps`` keeps torch and everything else from the running environment (the old stack's
-    other requirements, numpy, pydantic, xarray..., are already installed with the current
-    bioimageio.core); nothing in the running environment changes. Needs PyPI once.
-    """
-    stack_dir = Path(stack_dir or default_stack_dir())
-    wanted = {r.split("==")[0]: r.split("==")[1] for r in requirements}
-    if stack_dir.is_dir() and _stack_versions(stack_dir) == wanted:
-        return stack_dir
-    stack_dir.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--upgrade", "--target", str(stack_dir)]
-    proc = subprocess.run([*cmd, *requirements], capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        tail = " | ".join(proc.stderr.strip().splitlines()[-3:])
-        raise Ai4LifeKitError(f"could not install {' '.join(requirements)} into {stack_dir}: {tail}")
-    got = _stack_versions(stack_dir)
-    if got != wanted:
-        raise Ai4LifeKitError(f"{stack_dir} should provide {wanted} but imports as {got}")
-    return stack_dir

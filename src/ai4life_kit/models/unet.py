@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["UNet", "receptive_field_radius"]
+__all__ = ["UNet", "Upsample2x", "receptive_field_radius"]
 
 
 def receptive_field_radius(depth: int) -> int:
@@ -77,6 +77,25 @@ class MaxBlurPool(nn.Module):
         return F.conv3d(x, weight, stride=2, padding=1, groups=channels)
 
 
+class Upsample2x(nn.Module):
+    """Bilinear (2D) or trilinear (3D) up-sampling by 2, ``align_corners=False``.
+
+    The same arithmetic as ``nn.Upsample(scale_factor=2.0, mode="bilinear")``, but it calls the one
+    ATen operator directly: scripting ``nn.Upsample`` compiles every branch of ``F.interpolate``,
+    including operators added long after torch 2.0 (``aten::_upsample_lanczos2d_aa``), so the
+    TorchScript file would not load in deepImageJ's libtorch 2.0 or in bioimage.io's torch 2.5.
+    """
+
+    def __init__(self, dims: int) -> None:
+        super().__init__()
+        self.dims = dims
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.dims == 2:
+            return torch.ops.aten.upsample_bilinear2d(x, None, False, [2.0, 2.0])
+        return torch.ops.aten.upsample_trilinear3d(x, None, False, [2.0, 2.0, 2.0])
+
+
 class UNet(nn.Module):
     """U-Net mapping ``(B, in_channels, [Z,] Y, X)`` to ``(B, out_channels, [Z,] Y, X)``.
 
@@ -121,9 +140,7 @@ class UNet(nn.Module):
         self.n2v2 = n2v2
         self.residual = residual
         self.pool: nn.Module = MaxBlurPool(dims) if n2v2 else (nn.MaxPool2d(2) if dims == 2 else nn.MaxPool3d(2))
-        self.upsample = nn.Upsample(
-            scale_factor=2.0, mode="bilinear" if dims == 2 else "trilinear", align_corners=False
-        )
+        self.upsample = Upsample2x(dims)
 
         encoders = []
         cin = in_channels
