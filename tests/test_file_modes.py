@@ -77,6 +77,11 @@ def test_run_dir_package_and_predictions_get_umask_modes(tmp_path, umask):
     out = tmp_path / "pkg" / "m.bioimageio.zip"
     package_run(run, out, authors=["Ada Lovelace"], run_test=False, onnx=False)
     assert stat.S_IMODE(out.stat().st_mode) == 0o666 & ~umask
+    import zipfile
+
+    with zipfile.ZipFile(out) as zf:  # and what unzipping it gives, rdf.yaml included
+        inside = {i.filename: stat.S_IMODE(i.external_attr >> 16) for i in zf.infolist()}
+    assert inside and all(mode == 0o666 & ~umask for mode in inside.values()), inside
 
     result = invoke("predict", out, sim["noisy"][0], "--out", tmp_path / "tif", "--device", "cpu", "-q")
     assert result.exit_code == 0, result.stderr

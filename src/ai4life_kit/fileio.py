@@ -17,6 +17,7 @@ from ai4life_kit.errors import OutputExistsError
 
 __all__ = [
     "apply_umask_mode",
+    "umask_file_mode",
     "atomic_path",
     "atomic_write_bytes",
     "atomic_write_text",
@@ -29,6 +30,11 @@ def _current_umask() -> int:
     umask = os.umask(0)
     os.umask(umask)
     return umask
+
+
+def umask_file_mode() -> int:
+    """The permission bits a plain ``open(..., "w")`` would give a new file (0644 under umask 022)."""
+    return 0o666 & ~_current_umask()
 
 
 def apply_umask_mode(path: Path) -> None:

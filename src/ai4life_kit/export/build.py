@@ -27,7 +27,7 @@ from ai4life_kit.errors import Ai4LifeKitError, UserInputError
 from ai4life_kit.export._testrun import collect_leaked_files
 from ai4life_kit.export.rundir import RunInfo, load_run
 from ai4life_kit.export.testdata import TestInput, make_test_input, min_size
-from ai4life_kit.fileio import apply_umask_mode, check_writable
+from ai4life_kit.fileio import apply_umask_mode, check_writable, umask_file_mode
 
 __all__ = [
     "COMPAT_FORMAT_VERSION",
@@ -297,7 +297,7 @@ def _write_zip(descr, zip_path: Path) -> None:
     The zip is written with :mod:`zipfile` from local paths (bioimageio.spec's ``write_zip``
     leaves a file handle open per packaged file).
     """
-    from zipfile import ZIP_DEFLATED, ZipFile
+    from zipfile import ZIP_DEFLATED, ZipFile, ZipInfo
 
     from bioimageio.spec._internal.io_utils import write_yaml
     from bioimageio.spec._package import get_package_content
@@ -317,7 +317,11 @@ def _write_zip(descr, zip_path: Path) -> None:
     text = io.StringIO()
     write_yaml(rdf, text)
     with ZipFile(zip_path, "w", compression=ZIP_DEFLATED, compresslevel=6) as zf:
-        zf.writestr(RDF_NAME, text.getvalue())
+        # writestr would store the rdf as 0600: unzipped, only its owner could read it
+        info = ZipInfo(RDF_NAME, date_time=time.localtime()[:6])
+        info.compress_type = ZIP_DEFLATED
+        info.external_attr = umask_file_mode() << 16
+        zf.writestr(info, text.getvalue())
         for fname, path in files.items():
             zf.write(path, arcname=fname)
 
