@@ -153,6 +153,15 @@ def test_struct_mask_hides_neighbours_along_x_only():
     for b, _c, r, col in rows_changed.tolist():
         near = centres[(centres[:, 0] == b) & (centres[:, 2] == r)]
         assert ((near[:, 3] - col).abs() <= 2).any()  # same row, within span//2 along x
+    # ... and the mask does hide them: every pixel within span//2 on a blind spot's row is
+    # overwritten (a blind spot there may get a value equal to its own from another row, as this
+    # image only varies along x).
+    for dx in (-2, -1, 1, 2):
+        col = centres[:, 3] + dx
+        ok = (col >= 0) & (col < 32)
+        line = (centres[ok, 0], centres[ok, 1], centres[ok, 2], col[ok])
+        assert (changed[line] | mask[line]).all()
+        assert changed[line].float().mean() > 0.9
 
 
 def test_training_set_checks_and_validation_split(tmp_path):

@@ -8,7 +8,10 @@ channel gets its own positions. The value at a masked pixel is replaced by
 - ``median``: the median of that neighbourhood without the centre (N2V2).
 
 structN2V additionally overwrites the pixels next to each blind spot along the axis the noise
-is correlated on, so the network cannot read the noise from them.
+is correlated on, so the network cannot read the noise from them. Those pixels are also left out
+of the neighbourhood the blind spot's own replacement is drawn from (for ``uniform`` and
+``median``): their noise is correlated with the centre's, so copying one of them into the blind
+spot would hand the network the noise it must not see.
 """
 
 from __future__ import annotations
@@ -51,11 +54,33 @@ def _masked_positions(shape: tuple[int, ...], percentage: float, generator: torc
     return idx[inside]
 
 
-def _neighbour_offsets(nd: int, roi: int, device) -> torch.Tensor:
+def _neighbour_offsets(nd: int, roi: int, device, struct_axis: int | None = None, struct_span: int = 0) -> torch.Tensor:
+    """Offsets ``(K, nd)`` of the ``roi``-sided neighbourhood replacement values may come from.
+
+    Parameters
+    ----------
+    nd
+        Number of spatial axes.
+    roi
+        Side of the neighbourhood (odd).
+    device
+        Device of the returned tensor.
+    struct_axis, struct_span
+        The structN2V mask (negative spatial axis and length). Offsets on that line within the
+        span are left out: the struct mask hides those pixels because their noise is correlated
+        with the centre's, and a replacement copied from one of them would leak that noise into
+        the blind spot.
+    """
     r = roi // 2
     ranges = [torch.arange(-r, r + 1, device=device)] * nd
     offs = torch.stack([g.reshape(-1) for g in torch.meshgrid(*ranges, indexing="ij")], dim=1)
-    return offs[(offs != 0).any(dim=1)]  # the centre is never its own replacement
+    keep = (offs != 0).any(dim=1)  # the centre is never its own replacement
+    if struct_axis is not None and struct_span > 1:
+        axis = nd + struct_axis
+        others = torch.cat([offs[:, :axis], offs[:, axis + 1 :]], dim=1)
+        on_line = (others == 0).all(dim=1) & (offs[:, axis].abs() <= struct_span // 2)
+        keep &= ~on_line
+    return offs[keep]
 
 
 def _inside(centre: torch.Tensor, offset: torch.Tensor, size: torch.Tensor) -> torch.Tensor:
@@ -75,7 +100,7 @@ def mask_batch(x: torch.Tensor, spec: MaskSpec, generator: torch.Generator) -> t
     spatial = torch.tensor(x.shape[2:], device=device)
     pos = _masked_positions(tuple(x.shape), spec.percentage, generator, device)  # (N, 2+nd)
     n = pos.shape[0]
-    offs = _neighbour_offsets(nd, spec.roi_size, device)  # (K, nd)
+    offs = _neighbour_offsets(nd, spec.roi_size, device, spec.struct_axis, spec.struct_span)  # (K, nd)
     if spec.replacement == "median":
         neigh = _inside(pos[:, None, 2:], offs[None], spatial)
         values = x[(pos[:, None, 0], pos[:, None, 1], *neigh.unbind(-1))]  # (N, K)
