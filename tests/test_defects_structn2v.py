@@ -1,10 +1,13 @@
-"""structN2V masking: the struct mask hides its line, and nothing on that line reaches the blind spot.
+"""Defects: structN2V masking, the torch floor, the trust note of ``validate --help``.
 
-The images hold ``arange`` values, all distinct, so the origin of every value in the masked input
-can be told from the value alone.
+The struct mask hides its line, and nothing on that line reaches the blind spot: the images hold
+``arange`` values, all distinct, so the origin of every value in the masked input can be told
+from the value alone.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,7 +17,7 @@ import torch
 import ai4life_kit.training.loop as loop
 from ai4life_kit.data.masking import MaskSpec, mask_batch
 from ai4life_kit.training import train
-from kit_helpers import small_spec
+from kit_helpers import invoke, small_spec
 
 CASES = [  # (shape, struct axis)
     ((4, 2, 48, 40), -1),
@@ -143,3 +146,26 @@ def test_structn2v_training_augments_with_flips_only(tmp_path, monkeypatch):
         train(spec, [data], None, tmp_path / algorithm, device="cpu", progress=False)
         assert calls and all(flips == (-2, -1) for _, flips in calls)
         assert all(rotate is (algorithm == "n2v") for rotate, _ in calls), algorithm
+
+
+# -- torch floor and the trust note of `validate --help` (same defects issue) ----------------------
+
+
+def test_torch_floor_excludes_releases_whose_weights_only_load_can_be_bypassed():
+    """CVE-2025-32434 (fixed in 2.6) and CVE-2026-24747 (fixed in 2.10): ``torch>=2.10``."""
+    tomllib = pytest.importorskip("tomllib")
+    from packaging.requirements import Requirement
+
+    pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+    deps = tomllib.loads(pyproject.read_text(encoding="utf-8"))["project"]["dependencies"]
+    (torch_req,) = [Requirement(d) for d in deps if Requirement(d).name == "torch"]
+    for old in ("2.2.0", "2.5.1", "2.6.0", "2.9.1"):
+        assert not torch_req.specifier.contains(old), old
+    assert torch_req.specifier.contains("2.10.0") and torch_req.specifier.contains(torch.__version__.split("+")[0])
+
+
+def test_validate_help_says_testing_a_package_runs_its_code():
+    result = invoke("validate", "--help")
+    assert result.exit_code == 0
+    text = " ".join(result.stdout.split())
+    assert "runs its code" in text and "not sandboxes" in text and "only test packages you trust" in text

@@ -81,6 +81,10 @@ def validate(
     table says, per consumer and weight format, passed / failed (with the failing check and its
     numbers) / n/a. Exit code 0 only when everything tested passed; 1 when something failed; 2 when
     the file is not a model zip at all (missing, corrupt, no rdf.yaml).
+
+    Testing a package runs its code (its TorchScript and its architecture's Python source), here
+    and in the consumers' runtimes, which are isolated venvs, not sandboxes: only test packages you
+    trust.
     """
     import json
 
