@@ -19,7 +19,11 @@ import pytest
 import torch
 from torch.nn import functional as F
 
+from ai4life_kit.errors import Ai4LifeKitError
+from ai4life_kit.export import consumer_jobs
 from ai4life_kit.export import consumers as c
+from ai4life_kit.export import runtimes as rt
+from ai4life_kit.export.consumer_rules import engine_version, rules
 from ai4life_kit.models.unet import UNet, Upsample2x
 from kit_helpers import invoke, small_spec
 
@@ -63,8 +67,8 @@ def test_upsample2x_is_exactly_interpolate(dims):
     assert torch.equal(torch.jit.script(Upsample2x(dims))(x), expected)
 
 
-def _pkg(rdf: dict, root: Path | None = None) -> c._Package:
-    return c._Package(zip=Path("m.zip"), root=root or Path("."), rdf=rdf)
+def _pkg(rdf: dict, root: Path | None = None) -> consumer_jobs.PackageView:
+    return consumer_jobs.PackageView(zip=Path("m.zip"), root=root or Path("."), rdf=rdf)
 
 
 def _rdf(dims: int = 2, n_inputs: int = 1, pre: str = "fixed_zero_mean_unit_variance") -> dict:
@@ -83,25 +87,25 @@ def _rdf(dims: int = 2, n_inputs: int = 1, pre: str = "fixed_zero_mean_unit_vari
 
 def test_rules_accept_a_plain_package_and_name_what_each_consumer_refuses():
     for consumer in ("deepimagej", "ilastik", "qupath"):
-        assert c._rules(consumer, _pkg(_rdf())).status == "passed"
-    bad = c._rules("deepimagej", _pkg(_rdf(n_inputs=2, pre="softmax")))
+        assert rules(consumer, _pkg(_rdf())).status == "passed"
+    bad = rules("deepimagej", _pkg(_rdf(n_inputs=2, pre="softmax")))
     assert bad.status == "failed" and "2 inputs" in bad.detail and "'softmax'" in bad.detail
-    assert "exactly one of each" in c._rules("ilastik", _pkg(_rdf(n_inputs=2))).detail
+    assert "exactly one of each" in rules("ilastik", _pkg(_rdf(n_inputs=2))).detail
     no_tiling = _rdf()
     no_tiling["config"]["deepimagej"]["allow_tiling"] = False
-    assert "allow_tiling" in c._rules("deepimagej", _pkg(no_tiling)).detail
-    assert c._rules("qupath", _pkg(_rdf(dims=3))).status == "n/a"
+    assert "allow_tiling" in rules("deepimagej", _pkg(no_tiling)).detail
+    assert rules("qupath", _pkg(_rdf(dims=3))).status == "n/a"
     onnx_only = _rdf()
     del onnx_only["weights"]["torchscript"]
-    assert "no TorchScript" in c._rules("qupath", _pkg(onnx_only)).detail
+    assert "no TorchScript" in rules("qupath", _pkg(onnx_only)).detail
 
 
 def test_deepimagej_engine_version_follows_the_major_version():
     rdf = _rdf()
     rdf["weights"]["torchscript"]["pytorch_version"] = "2.13.0"
-    assert c._engine_version(_pkg(rdf)) == "2.0.0"
+    assert engine_version(_pkg(rdf)) == "2.0.0"
     rdf["weights"]["torchscript"]["pytorch_version"] = "1.10.0"
-    assert c._engine_version(_pkg(rdf)) == "1.13.1"
+    assert engine_version(_pkg(rdf)) == "1.13.1"
 
 
 @pytest.mark.parametrize(
@@ -119,7 +123,7 @@ def test_sample_tensor_is_read_in_the_rdf_axis_order(tmp_path, shape, tiff_axes,
     data = np.random.default_rng(0).random(shape, dtype=np.float32)
     tifffile.imwrite(tmp_path / "s.tif", data, imagej=imagej, metadata={"axes": tiff_axes})
     rdf = _rdf(dims=dims)
-    got = c._read_sample_tensor(_pkg(rdf, tmp_path), rdf["inputs"][0])
+    got = consumer_jobs.read_sample_tensor(_pkg(rdf, tmp_path), rdf["inputs"][0])
     n_c = shape[0] if tiff_axes.startswith("C") else 1
     assert got.shape == (1, n_c, *shape[-dims:])
     np.testing.assert_array_equal(got.reshape(-1), data.reshape(-1))
@@ -130,7 +134,7 @@ def test_deepimagej_tolerance_counts_every_pixel_past_it():
     got = expected.copy()
     got[0, 0, 0, 0] += 0.2  # past 1.5e-4 + 1e-4 * 1000 = 0.10015
     got[0, 0, 1, 1] += 0.1  # within it
-    probe = c._load_probe()
+    probe = consumer_jobs.load_probe()
     result = probe._compare(got, expected)
     assert result["mismatched"] == 1 and not result["passed"]
     assert result["max_abs_diff"] == pytest.approx(0.2, rel=1e-3)
@@ -155,14 +159,14 @@ def test_runtime_is_reused_only_with_a_matching_stamp(tmp_path, monkeypatch):
 
         return Done()
 
-    monkeypatch.setattr(c.subprocess, "run", fake_run)
+    monkeypatch.setattr(rt.subprocess, "run", fake_run)
     python = c.ensure_runtime("deepimagej", tmp_path)
     assert python == venv / "bin" / "python"
     assert calls[-1][-len(runtime.requirements) :] == list(runtime.requirements)  # pip got the exact pins
-    assert json.loads((venv / c._STAMP).read_text())["requirements"] == list(runtime.requirements)
+    assert json.loads((venv / rt.STAMP).read_text())["requirements"] == list(runtime.requirements)
     calls.clear()
     assert c.ensure_runtime("deepimagej", tmp_path) == python and calls == []  # reused, nothing run
-    (venv / c._STAMP).write_text(json.dumps({"requirements": ["torch==9.9"]}))
+    (venv / rt.STAMP).write_text(json.dumps({"requirements": ["torch==9.9"]}))
     (venv / "leftover").touch()
     c.ensure_runtime("deepimagej", tmp_path)
     assert calls and not (venv / "leftover").exists()  # an outdated runtime is rebuilt from scratch
@@ -179,8 +183,8 @@ def test_a_failed_install_leaves_no_half_runtime(tmp_path, monkeypatch):
 
         return Failed()
 
-    monkeypatch.setattr(c.subprocess, "run", fake_run)
-    with pytest.raises(c.Ai4LifeKitError, match=r"could not install the deepimagej runtime.*No matching distribution"):
+    monkeypatch.setattr(rt.subprocess, "run", fake_run)
+    with pytest.raises(Ai4LifeKitError, match=r"could not install the deepimagej runtime.*No matching distribution"):
         c.ensure_runtime("deepimagej", tmp_path)
     assert not c.RUNTIMES["deepimagej"].path(tmp_path).exists()
 
@@ -199,14 +203,14 @@ def _runtime_or_skip(name: str) -> None:
     """Install a consumer runtime (once); in CI a failure fails the test, elsewhere it skips it."""
     try:
         c.ensure_runtime(name)
-    except c.Ai4LifeKitError as exc:
+    except Ai4LifeKitError as exc:
         if os.environ.get("CI"):
             raise
         pytest.skip(f"the {name} runtime cannot be installed here: {exc}")
 
 
 @pytest.fixture(scope="module")
-def runtimes():
+def installed_runtimes():
     for name in c.RUNTIMES:
         _runtime_or_skip(name)
 
@@ -267,7 +271,7 @@ def _assert_all_passed(report: c.ConsumerReport) -> None:
 
 @pytest.mark.consumers
 @pytest.mark.parametrize("case", ["n2v2-2d-folder", "care-3d", "n2v-3ch"])
-def test_package_passes_in_every_consumer_runtime(runtimes, packages, case):
+def test_package_passes_in_every_consumer_runtime(installed_runtimes, packages, case):
     report = c.run_consumers(packages(case))
     _assert_all_passed(report)
     assert report.versions["bioengine"]["torch"] == "2.5.1"
@@ -302,7 +306,7 @@ def _rewrite_zip(src: Path, dst: Path, replace: dict[str, bytes]) -> Path:
 
 
 @pytest.mark.consumers
-def test_torchscript_of_nn_upsample_fails_in_deepimagej_engine(runtimes, packages, tmp_path):
+def test_torchscript_of_nn_upsample_fails_in_deepimagej_engine(installed_runtimes, packages, tmp_path):
     """Negative control: the old U-Net (``nn.Upsample``, scripted with all of F.interpolate) does not load."""
     import io
 
@@ -322,7 +326,7 @@ def test_torchscript_of_nn_upsample_fails_in_deepimagej_engine(runtimes, package
 
 
 @pytest.mark.consumers
-def test_strict_tolerance_and_seams_are_caught(runtimes, packages, tmp_path):
+def test_strict_tolerance_and_seams_are_caught(installed_runtimes, packages, tmp_path):
     """Negative controls: a test output off by 3e-4 relative fails deepImageJ (not bioimageio.core's
     1e-3), and an output halo below the receptive field shows seams in ilastik's blocks."""
     import yaml
@@ -357,7 +361,7 @@ def io_bytes(data: bytes = b""):
 
 
 @pytest.mark.consumers
-def test_validate_consumers_prints_the_table_and_writes_json(runtimes, packages, tmp_path):
+def test_validate_consumers_prints_the_table_and_writes_json(installed_runtimes, packages, tmp_path):
     out = packages("n2v-3ch")
     result = invoke(
         "validate", out, "--consumer", "deepimagej", "--consumer", "qupath", "--json", tmp_path / "table.json"
