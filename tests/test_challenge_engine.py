@@ -1,4 +1,4 @@
-"""Engine set-up and archive verification, without running any container."""
+"""Engine set-up, archive verification and run clean-up, without running any container."""
 
 from __future__ import annotations
 
@@ -6,8 +6,12 @@ import gzip
 import hashlib
 import io
 import json
+import os
 import shutil
+import signal
 import tarfile
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -158,3 +162,94 @@ def test_verify_archive_catches_corruption_wrong_image_and_garbage(tmp_path):
         pass
     with pytest.raises(eng.ContainerError, match=r"no manifest\.json"):
         verify_archive(tmp_path / "empty.tar.gz")
+
+
+# -- a run that does not end by itself: the container is removed, not only its client ----------------
+
+FAKE_ENGINE = """\
+#!/usr/bin/env bash
+# A container engine whose `run` never ends: it logs its arguments, then waits like a client
+# attached to a running container. `rm` logs its arguments and succeeds.
+printf '%s\\n' "$*" >> "{log}"
+case "$1" in
+    run) exec sleep 60 ;;
+    *) exit 0 ;;
+esac
+"""
+
+
+def _fake_engine(tmp_path: Path, name: str = "podman") -> tuple[eng.Engine, Path]:
+    log = tmp_path / "calls.log"
+    exe = tmp_path / "bin" / name
+    exe.parent.mkdir()
+    exe.write_text(FAKE_ENGINE.format(log=log))
+    exe.chmod(0o755)
+    return eng.Engine(name=name, exe=str(exe)), log
+
+
+def _calls(log: Path) -> list[list[str]]:
+    return [line.split() for line in log.read_text().splitlines()] if log.is_file() else []
+
+
+def _run_name(calls: list[list[str]]) -> str:
+    (run,) = [c for c in calls if c[0] == "run"]
+    name = run[run.index("--name") + 1]
+    assert name.startswith("ai4life-kit-") and len(name) > len("ai4life-kit-")
+    return name
+
+
+def _when_running(log: Path, action) -> threading.Thread:
+    """Call ``action`` from a thread once the fake engine's ``run`` has started."""
+
+    def wait_then_act():
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not any(c[0] == "run" for c in _calls(log)):
+            time.sleep(0.05)
+        time.sleep(0.2)  # let the main thread get into its wait for the client
+        action()
+
+    thread = threading.Thread(target=wait_then_act, daemon=True)
+    thread.start()
+    return thread
+
+
+@pytest.mark.parametrize("engine_name", ["podman", "docker"])
+def test_a_timed_out_run_removes_its_container(tmp_path, engine_name):
+    engine, log = _fake_engine(tmp_path, engine_name)
+    start = time.monotonic()
+    run = eng.run_container(engine, "img:1", input_dir=tmp_path, output_dir=tmp_path, timeout=1)
+    assert time.monotonic() - start < 30  # the client was killed, not waited for
+    assert run.returncode == 124 and "timed out after 1 s" in run.output
+    calls = _calls(log)
+    name = _run_name(calls)
+    assert run.name == name and name in run.output
+    assert ["rm", "-f", name] in calls
+
+
+def test_ctrl_c_during_a_run_removes_its_container(tmp_path):
+    engine, log = _fake_engine(tmp_path)
+    _when_running(log, lambda: os.kill(os.getpid(), signal.SIGINT))
+    with pytest.raises(KeyboardInterrupt):
+        eng.run_container(engine, "img:1", input_dir=tmp_path, output_dir=tmp_path, timeout=60)
+    calls = _calls(log)
+    assert ["rm", "-f", _run_name(calls)] in calls
+
+
+def test_sigterm_during_a_run_removes_its_container_then_reaches_the_previous_handler(tmp_path):
+    engine, log = _fake_engine(tmp_path)
+    seen: list[int] = []
+
+    def record(signum, frame):
+        seen.append(signum)
+
+    previous = signal.signal(signal.SIGTERM, record)
+    try:
+        _when_running(log, lambda: os.kill(os.getpid(), signal.SIGTERM))
+        with pytest.raises(eng.ContainerError, match=r"terminated \(SIGTERM\) while running img:1; container"):
+            eng.run_container(engine, "img:1", input_dir=tmp_path, output_dir=tmp_path, timeout=60)
+        assert signal.getsignal(signal.SIGTERM) is record  # the handler from before the run is back
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    calls = _calls(log)
+    assert ["rm", "-f", _run_name(calls)] in calls
+    assert seen == [signal.SIGTERM]  # delivered once, after the container was removed

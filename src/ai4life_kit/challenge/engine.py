@@ -24,9 +24,12 @@ import fcntl
 import hashlib
 import os
 import re
+import secrets
 import shutil
+import signal
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -476,6 +479,47 @@ class ContainerRun:
     output: str
     seconds: float
     command: list[str]
+    name: str = ""
+    """The container's name (``ai4life-kit-<random>``), removed again if the run did not end itself."""
+
+
+class _Terminated(BaseException):
+    """SIGTERM arrived while a container ran (a BaseException, like KeyboardInterrupt)."""
+
+
+@contextlib.contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """Turn SIGTERM into :class:`_Terminated` for the block, so the container can be removed first.
+
+    Python's default SIGTERM action ends the process on the spot, without ``except`` or
+    ``finally``, which would leave the container running. Only the main thread can set handlers;
+    a SIGTERM the process ignores stays ignored.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous == signal.SIG_IGN:
+        yield
+        return
+
+    def handler(signum, frame):
+        raise _Terminated
+
+    signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _remove_container(engine: Engine, name: str) -> None:
+    """``rm -f`` the container ``name``: stop it if it still runs, delete it; never raise.
+
+    It may already be gone (``--rm``, or it never got created): that error is ignored.
+    """
+    with contextlib.suppress(ContainerError, OSError):
+        engine.call("rm", "-f", name, check=False, timeout=120)
 
 
 def run_container(
@@ -488,10 +532,20 @@ def run_container(
     timeout: float = 3600,
     extra_args: Sequence[str] = (),
 ) -> ContainerRun:
-    """Run ``image`` as Grand Challenge does: no network, read-only root and ``/input``, empty ``/tmp``."""
+    """Run ``image`` as Grand Challenge does: no network, read-only root and ``/input``, empty ``/tmp``.
+
+    The container gets a name of its own (``ai4life-kit-<random>``) so that it can be stopped and
+    removed when the run does not end by itself: after ``timeout`` seconds the result has exit
+    code 124 and says so in its output; on Ctrl-C the container is removed and the
+    KeyboardInterrupt goes on; on SIGTERM it is removed, then the signal is handled as it would
+    have been (by default the process ends), else :class:`ContainerError` is raised.
+    """
+    name = f"ai4life-kit-{secrets.token_hex(6)}"
     args = [
         "run",
         "--rm",
+        "--name",
+        name,
         "--network=none",
         "--read-only",
         f"--memory={memory}",
@@ -505,12 +559,38 @@ def run_container(
     ]
     cmd = engine.command(*args)
     start = time.perf_counter()
+    proc: subprocess.Popen[str] | None = None
     try:
-        proc = subprocess.run(
-            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
-            env=engine.environ(), timeout=timeout, check=False,
-        )  # fmt: skip
-    except subprocess.TimeoutExpired as exc:
-        out = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else (exc.stdout or "")
-        return ContainerRun(124, out + f"\n(timed out after {timeout} s)", time.perf_counter() - start, cmd)
-    return ContainerRun(proc.returncode, proc.stdout, time.perf_counter() - start, cmd)
+        with _sigterm_raises():
+            proc = subprocess.Popen(
+                cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
+                env=engine.environ(),
+            )  # fmt: skip
+            out, _ = proc.communicate(timeout=timeout)
+    except BaseException as exc:  # timeout, Ctrl-C, SIGTERM, anything: the container must not outlive us
+        if proc is None:  # the client never started (no such executable): there is no container
+            raise
+        out = _stop_run(engine, proc, name)
+        if isinstance(exc, subprocess.TimeoutExpired):
+            note = f"\n(timed out after {timeout} s; container {name} stopped and removed)"
+            return ContainerRun(124, out + note, time.perf_counter() - start, cmd, name)
+        if isinstance(exc, _Terminated):
+            signal.raise_signal(signal.SIGTERM)  # the handler from before the run, restored by now
+            raise ContainerError(f"terminated (SIGTERM) while running {image}; container {name} removed") from None
+        raise
+    return ContainerRun(proc.returncode, out, time.perf_counter() - start, cmd, name)
+
+
+def _stop_run(engine: Engine, proc: subprocess.Popen[str], name: str) -> str:
+    """Kill the ``run`` client, remove its container, reap the client; return what it printed."""
+    proc.kill()
+    # Killing the client does not stop the container: podman's conmon and docker's daemon keep it
+    # running, with its memory and CPU, until it ends by itself.
+    _remove_container(engine, name)
+    out = ""
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        out, _ = proc.communicate(timeout=30)
+    if proc.stdout is not None:
+        proc.stdout.close()
+    proc.wait()
+    return out or ""
