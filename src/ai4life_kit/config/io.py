@@ -44,15 +44,57 @@ def parse_spec(data: Any, source: str = "<spec>") -> TrainingSpec:
         raise ConfigError(format_validation_error(exc, source)) from None
 
 
+class _DuplicateKeyError(yaml.YAMLError):
+    """A key given twice in one mapping (``yaml.safe_load`` would keep the last one silently)."""
+
+    def __init__(self, key: Any, first_line: int, line: int) -> None:
+        super().__init__(f"key {key!r} appears twice in the same mapping (lines {first_line} and {line})")
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """``yaml.safe_load``'s loader, except that a duplicate key is an error, as YAML 1.2 says.
+
+    A spec with ``depth: 2`` and, further down, ``depth: 3`` means one of them is a mistake;
+    silently training with the last one hides it.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # ``<<: *base`` may override keys: allowed
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.setdefault(key, key_node.start_mark.line + 1)
+            except TypeError:  # an unhashable key: SafeLoader reports it below
+                continue
+            if first != key_node.start_mark.line + 1:
+                raise _DuplicateKeyError(key, first, key_node.start_mark.line + 1)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_spec(path: Path) -> TrainingSpec:
-    """Read and validate a YAML training spec."""
+    """Read and validate a YAML training spec (strict YAML: a duplicate key is an error).
+
+    Raises
+    ------
+    ConfigError
+        One line: the path is missing or a folder, the YAML is invalid (a duplicate key is
+        named with its lines), or the spec fails validation.
+    """
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"spec file {path} is a folder, not a YAML file")
     if not path.is_file():
         raise ConfigError(f"spec file {path} does not exist")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_StrictLoader)  # a SafeLoader subclass
+    except _DuplicateKeyError as exc:
+        raise ConfigError(f"invalid spec {path}: {exc}") from None
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise ConfigError(f"spec file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    except OSError as exc:
+        raise ConfigError(f"spec file {path} cannot be read: {exc.strerror or exc}") from None
     return parse_spec(data, str(path))
 
 

@@ -1,0 +1,136 @@
+"""Defects of predict / package / spec loading (issue tracker items 2, 11, 12, 13, 16).
+
+Run directories are made by hand (a random U-Net, a spec, statistics) so that every test is
+fast; packages are built once per module without the bioimageio test (``run_test=False``).
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+import yaml
+
+from ai4life_kit.config import load_spec, save_spec
+from ai4life_kit.errors import ConfigError
+from ai4life_kit.export import package_run
+from ai4life_kit.models.unet import UNet
+from kit_helpers import invoke, small_spec
+
+AUTHOR = "Ada Lovelace"
+DEPTH = 1
+
+
+def make_run(root: Path, algorithm: str = "n2v", mean: float = 100.0, std: float = 10.0) -> Path:
+    """A run directory by hand: a random width-8 U-Net with trained-looking batch-norm statistics."""
+    root.mkdir(parents=True)
+    save_spec(small_spec(algorithm, model__depth=DEPTH, model__width=8), root / "spec.yaml")
+    args = {"dims": 2, "in_channels": 1, "out_channels": 1, "depth": DEPTH, "width": 8, "n2v2": False}
+    torch.manual_seed(0)
+    model = UNet(**args).train()
+    with torch.no_grad():  # populate the batch-norm running statistics
+        for _ in range(2):
+            model(torch.randn(2, 1, 16, 16))
+    (root / "checkpoints").mkdir()
+    torch.save({"model_args": args, "model_state": model.state_dict(), "epoch": 1}, root / "checkpoints" / "best.pt")
+    norm = {"mean": [mean], "std": [std], "target_mean": [mean], "target_std": [std]}
+    (root / "normalization.json").write_text(json.dumps(norm))
+    image = np.random.default_rng(1).normal(mean, std, (48, 56)).astype(np.float32)
+    train_file = root.parent / f"{root.name}_train.tif"
+    tifffile.imwrite(train_file, image, metadata={"axes": "YX"})
+    (root / "training_summary.json").write_text(json.dumps({"files": [str(train_file)]}))
+    return root
+
+
+def noisy_image(path: Path, shape=(40, 56), mean: float = 100.0, std: float = 10.0) -> Path:
+    tifffile.imwrite(path, np.random.default_rng(2).normal(mean, std, shape).astype(np.float32))
+    return path
+
+
+def rewrite_rdf(src: Path, dst: Path, edit) -> Path:
+    """A copy of a package zip whose rdf.yaml went through ``edit(rdf)``."""
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        for info in zin.infolist():
+            data = zin.read(info.filename)
+            if info.filename == "rdf.yaml":
+                rdf = yaml.safe_load(data)
+                edit(rdf)
+                data = yaml.safe_dump(rdf, sort_keys=False).encode()
+            zout.writestr(info, data)
+    return dst
+
+
+@pytest.fixture(scope="module")
+def packages(tmp_path_factory):
+    """``{algorithm: (run_dir, zip)}`` for N2V and structN2V, and a small-std N2V (eps matters)."""
+    root = tmp_path_factory.mktemp("defects")
+    out = {}
+    for key, algorithm, mean, std in [
+        ("n2v", "n2v", 100.0, 10.0),
+        ("structn2v", "structn2v", 100.0, 10.0),
+        ("small_std", "n2v", 1e-3, 1e-4),
+    ]:
+        run = make_run(root / key, algorithm, mean, std)
+        zip_path = root / f"{key}.bioimageio.zip"
+        package_run(run, zip_path, authors=[AUTHOR], onnx=False, run_test=False)
+        out[key] = (run, zip_path)
+    return out
+
+
+def _one_line_error(result) -> str:
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr and "Warning" not in result.stderr
+    return lines[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# item 11: strict YAML specs
+# ---------------------------------------------------------------------------------------------
+DUPLICATE = """\
+algorithm:
+  name: n2v
+model:
+  depth: 2
+  width: 8
+  depth: 3
+data:
+  dims: 2
+"""
+
+
+def test_duplicate_key_in_spec_is_an_error_naming_key_and_lines(tmp_path):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(DUPLICATE)
+    with pytest.raises(ConfigError, match=r"'depth' appears twice .*lines 4 and 6"):
+        load_spec(spec)
+    result = invoke("train", spec, "--data", noisy_image(tmp_path / "img.tif"), "--out", tmp_path / "run")
+    assert result.exit_code == 2
+    line = _one_line_error(result)
+    assert str(spec) in line and "'depth'" in line and "line" in line
+    assert not (tmp_path / "run").exists()
+
+
+def test_same_key_in_different_mappings_and_merge_keys_are_fine(tmp_path):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("algorithm: {name: n2v}\nmodel: {depth: 2}\ndata: {dims: 2, patch_size: [32, 32]}\n")
+    assert load_spec(spec).model.depth == 2
+    spec.write_text("base: &b {depth: 2}\n")
+    with pytest.raises(ConfigError, match="unknown key 'base'"):  # not a duplicate-key error
+        load_spec(spec)
+
+
+def test_spec_path_that_is_a_folder(tmp_path):
+    folder = tmp_path / "specs"
+    folder.mkdir()
+    with pytest.raises(ConfigError, match="is a folder"):
+        load_spec(folder)
+    result = invoke("train", folder, "--data", noisy_image(tmp_path / "img.tif"), "--out", tmp_path / "run")
+    assert result.exit_code == 2
+    line = _one_line_error(result)
+    assert "is a folder" in line and "does not exist" not in line
