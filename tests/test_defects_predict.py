@@ -7,6 +7,7 @@ fast; packages are built once per module without the bioimageio test (``run_test
 from __future__ import annotations
 
 import json
+import sys
 import zipfile
 from pathlib import Path
 
@@ -17,7 +18,8 @@ import torch
 import yaml
 
 from ai4life_kit.config import load_spec, save_spec
-from ai4life_kit.errors import ConfigError
+from ai4life_kit.errors import ConfigError, UserInputError
+from ai4life_kit.export import build as build_mod
 from ai4life_kit.export import package_run
 from ai4life_kit.models.unet import UNet
 from kit_helpers import invoke, small_spec
@@ -134,3 +136,39 @@ def test_spec_path_that_is_a_folder(tmp_path):
     assert result.exit_code == 2
     line = _one_line_error(result)
     assert "is a folder" in line and "does not exist" not in line
+
+
+# ---------------------------------------------------------------------------------------------
+# item 12: package checks the [bioimageio] extra up front
+# ---------------------------------------------------------------------------------------------
+def _no_work(*args, **kwargs):
+    raise AssertionError("package_run read the run directory before checking its dependencies")
+
+
+@pytest.mark.parametrize(
+    ("missing", "flags", "named"),
+    [
+        ("onnx", [], "onnx"),
+        ("onnxruntime", [], "onnxruntime"),
+        ("bioimageio.core", ["--no-onnx"], "bioimageio.core"),
+        ("bioimageio.spec", ["--no-onnx"], "bioimageio.spec"),
+    ],
+)
+def test_package_without_bioimageio_extra_fails_up_front(tmp_path, monkeypatch, missing, flags, named):
+    run = make_run(tmp_path / "run")
+    monkeypatch.setitem(sys.modules, missing, None)  # what an absent module looks like to import
+    monkeypatch.setattr(build_mod, "load_run", _no_work)
+    out = tmp_path / "m.bioimageio.zip"
+    result = invoke("package", run, "--out", out, "--author", AUTHOR, *flags)
+    assert result.exit_code == 2, (result.stdout, result.stderr)
+    line = _one_line_error(result)
+    assert named in line and "pip install 'ai4life-kit[bioimageio]'" in line
+    assert not out.exists()
+
+
+def test_package_with_no_onnx_does_not_need_onnx(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnx", None)
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    build_mod.check_dependencies(onnx=False, run_test=True)  # no error
+    with pytest.raises(UserInputError, match="--no-onnx"):
+        build_mod.check_dependencies(onnx=True, run_test=True)

@@ -75,6 +75,37 @@ def register_github_users(names: list[str]) -> None:
         known.update(n.lower() for n in names if n)
 
 
+def check_dependencies(onnx: bool = True, run_test: bool = True) -> None:
+    """Fail before any work when the ``[bioimageio]`` extra is not installed.
+
+    Packaging needs bioimageio.spec (the description), bioimageio.core (the test), onnx (the
+    ONNX export) and onnxruntime (testing the ONNX weights); without this check a missing one is
+    found minutes later, deep in an export, with a message that names no fix.
+
+    Raises
+    ------
+    UserInputError
+        One line naming the missing modules and ``pip install 'ai4life-kit[bioimageio]'``.
+    """
+    import importlib
+
+    needed = ["bioimageio.spec"] + (["bioimageio.core"] if run_test else [])
+    if onnx:
+        needed += ["onnx"] + (["onnxruntime"] if run_test else [])
+    missing = []
+    for module in needed:
+        try:
+            importlib.import_module(module)
+        except ImportError:  # not installed, or a broken install: the same fix
+            missing.append(module)
+    if missing:
+        hint = " (or leave out the ONNX weights with --no-onnx)" if set(missing) <= {"onnx", "onnxruntime"} else ""
+        raise UserInputError(
+            f"packaging needs {', '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} not installed: "
+            f"pip install 'ai4life-kit[bioimageio]'{hint}"
+        )
+
+
 def compute_test_output(run: RunInfo, model, array: np.ndarray) -> np.ndarray:
     """The package's output for a raw ``array``: normalise, run the network, map back to raw."""
     import torch
@@ -388,6 +419,8 @@ def package_run(
 
     Raises
     ------
+    UserInputError
+        The ``[bioimageio]`` extra is missing (checked first, see :func:`check_dependencies`).
     OutputExistsError
         ``out`` exists and ``overwrite`` is false.
     DataError
@@ -399,6 +432,7 @@ def package_run(
         The package failed its bioimageio.core test (the message names the failing check);
         the failing package is kept next to ``out`` as ``*.failed.bioimageio.zip``.
     """
+    check_dependencies(onnx=onnx, run_test=run_test)  # before any work: fail in a second, not minutes
     from ai4life_kit.export import docs, weights
     from ai4life_kit.export.validate import TestReport, check_format, run_package_test
 
