@@ -18,11 +18,14 @@ import torch
 import yaml
 
 from ai4life_kit.config import load_spec, save_spec
-from ai4life_kit.errors import ConfigError, UserInputError
+from ai4life_kit.data.normalization import read_normalization
+from ai4life_kit.errors import ConfigError, ModelLoadError, UserInputError
 from ai4life_kit.export import build as build_mod
-from ai4life_kit.export import package_run
+from ai4life_kit.export import load_run, package_run
 from ai4life_kit.models.unet import UNet
-from kit_helpers import invoke, small_spec
+from ai4life_kit.prediction import Predictor
+from ai4life_kit.prediction.package_loader import read_package
+from kit_helpers import invoke, run_cli, small_spec
 
 AUTHOR = "Ada Lovelace"
 DEPTH = 1
@@ -89,6 +92,87 @@ def _one_line_error(result) -> str:
     assert len(lines) == 1, result.stderr
     assert "Traceback" not in result.stderr and "Warning" not in result.stderr
     return lines[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# item 2: predict validates normalization.json as package does
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "content",
+    [
+        json.dumps({"mean": [100.0], "std": [0.0], "target_mean": [100.0], "target_std": [10.0]}),
+        json.dumps({"mean": [100.0], "std": [float("nan")], "target_mean": [100.0], "target_std": [10.0]}),
+        json.dumps({"mean": [100.0], "std": [10.0], "target_mean": [100.0], "target_std": [-1.0]}),
+        json.dumps({"mean": [100.0, 3.0], "std": [10.0, 1.0]}),  # two channels for a 1-channel model
+        "{not json at all",
+        "[1, 2]",
+    ],
+    ids=["std-0", "std-nan", "target-std-negative", "too-many-channels", "garbage", "not-an-object"],
+)
+def test_predict_refuses_unusable_normalization_json(tmp_path, content):
+    run = make_run(tmp_path / "run")
+    norm = run / "normalization.json"
+    norm.write_text(content)
+    out = tmp_path / "out"
+    result = invoke("predict", run, noisy_image(tmp_path / "img.tif"), "--out", out, "-q")
+    assert result.exit_code == 2, (result.stdout, result.stderr)
+    assert str(norm) in _one_line_error(result)
+    assert not out.exists() or not any(out.iterdir())  # no all-NaN image written
+    # package refuses the same file with the same message: one reader for both
+    with pytest.raises(ModelLoadError) as from_package:
+        load_run(run)
+    with pytest.raises(ModelLoadError) as from_predict:
+        Predictor.from_run_dir(run, device="cpu")
+    assert str(from_predict.value) == str(from_package.value)
+
+
+def test_predict_with_std_0_is_one_line_as_a_user_sees_it(tmp_path):
+    """As a real process: exit 2, one line naming the file, no RuntimeWarning lines."""
+    run = make_run(tmp_path / "run")
+    (run / "normalization.json").write_text(json.dumps({"mean": [100.0], "std": [0.0]}))
+    result = run_cli("predict", run, noisy_image(tmp_path / "img.tif"), "--out", tmp_path / "out", "-q")
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+    assert "normalization.json" in result.stderr and "'std' must be positive" in result.stderr
+    assert "RuntimeWarning" not in result.stderr
+
+
+def test_read_normalization_defaults_targets_to_the_input_statistics(tmp_path):
+    path = tmp_path / "normalization.json"
+    path.write_text(json.dumps({"mean": [1.0, 2.0], "std": [3.0, 4.0]}))
+    norm = read_normalization(path, n_in=2, n_out=2)
+    assert (norm.mean, norm.std, norm.target_mean, norm.target_std) == ([1.0, 2.0], [3.0, 4.0], [1.0, 2.0], [3.0, 4.0])
+    with pytest.raises(ModelLoadError, match="target statistics must have 1 values"):
+        read_normalization(path, n_in=2, n_out=1)
+
+
+@pytest.mark.parametrize(
+    ("where", "value"),
+    [
+        ("std", 0.0),
+        ("std", -2.0),
+        ("std", float("nan")),
+        ("std", float("inf")),
+        ("gain", 0.0),  # ai4life-kit's output gain is the target std
+        ("gain", -1.0),
+    ],
+)
+def test_zip_with_unusable_rdf_std_is_rejected(packages, tmp_path, where, value):
+    _, good = packages["n2v"]
+
+    def edit(rdf):
+        if where == "std":
+            rdf["inputs"][0]["preprocessing"][0]["kwargs"]["std"] = [value]
+        else:
+            rdf["outputs"][0]["postprocessing"][0]["kwargs"]["gain"] = [value]
+
+    bad = rewrite_rdf(good, tmp_path / "bad.bioimageio.zip", edit)
+    with pytest.raises(ModelLoadError, match=where) as err:
+        read_package(bad)
+    assert str(bad) in str(err.value) and "\n" not in str(err.value)
+    result = invoke("predict", bad, noisy_image(tmp_path / "img.tif"), "--out", tmp_path / "out", "-q")
+    assert result.exit_code == 2
+    assert str(bad) in _one_line_error(result)
 
 
 # ---------------------------------------------------------------------------------------------

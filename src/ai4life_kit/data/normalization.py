@@ -3,17 +3,32 @@
 Training (in memory and lazy) and prediction (in memory and out of core) all normalise with
 :func:`normalise` and map back with :func:`denormalise`, so every path gives the same float32
 numbers.
+
+:func:`read_normalization` is the one validated reader of a run directory's
+``normalization.json``, shared by ``predict`` and ``package`` (numpy only: no torch, no bioimageio).
 """
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from ai4life_kit.errors import DataError
+from ai4life_kit.errors import DataError, ModelLoadError
 
-__all__ = ["channel_stats", "denormalise", "normalise"]
+__all__ = [
+    "Normalization",
+    "channel_stats",
+    "check_channel_values",
+    "denormalise",
+    "normalise",
+    "read_normalization",
+]
 
 
 def channel_stats(images: Sequence[np.ndarray], names: Sequence[str] | None = None) -> tuple[list[float], list[float]]:
@@ -55,3 +70,110 @@ def denormalise(y: np.ndarray, mean: Sequence[float], std: Sequence[float], spat
     y *= _per_channel(std, spatial_ndim)
     y += _per_channel(mean, spatial_ndim)
     return y
+
+
+# -- normalization.json ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """A run's statistics: input ``mean``/``std`` and output ``target_mean``/``target_std`` per channel."""
+
+    mean: list[float]
+    std: list[float]
+    target_mean: list[float]
+    target_std: list[float]
+
+
+def check_channel_values(
+    value: Any, key: str, source: Path | str, n: int | None = None, positive: bool | None = None
+) -> list[float]:
+    """Validate per-channel statistics: a non-empty list of finite numbers; a ``*std`` is positive.
+
+    A zero or NaN std would divide every pixel into NaN or Inf, so it is refused here, naming
+    ``source`` and ``key``, instead of writing all-NaN images (the same rule for
+    ``normalization.json`` and for a package's rdf).
+
+    Parameters
+    ----------
+    value
+        A number or a list of numbers.
+    key
+        Its name in ``source`` (for the message).
+    source
+        The file (and place in it) the values come from.
+    n
+        How many values there must be, when known.
+    positive
+        Whether the values must be positive; default: when ``key`` ends with ``std``.
+
+    Raises
+    ------
+    ModelLoadError
+        The values are unusable, or there are not ``n`` of them.
+    """
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = [value]
+    if (
+        not isinstance(value, list)
+        or not value
+        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+    ):
+        raise ModelLoadError(f"{source}: {key!r} must be a list of numbers, got {value!r}")
+    values = [float(v) for v in value]
+    if not all(math.isfinite(v) for v in values):
+        raise ModelLoadError(f"{source}: {key!r} contains NaN or Inf: {values}")
+    if (key.endswith("std") if positive is None else positive) and min(values) <= 0:
+        raise ModelLoadError(f"{source}: {key!r} must be positive, got {values}")
+    if n is not None and len(values) != n:
+        raise ModelLoadError(f"{source}: {key!r} has {len(values)} values but the model has {n} channels")
+    return values
+
+
+def read_json_object(path: Path, required: bool = True) -> dict[str, Any]:
+    """A JSON object from ``path`` (``{}`` for a missing optional file); :class:`ModelLoadError` naming it."""
+    path = Path(path)
+    if not path.is_file():
+        if required:
+            what = "is a folder" if path.is_dir() else "does not exist"
+            raise ModelLoadError(f"{path} {what} (is {path.parent} a finished run directory?)")
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelLoadError(f"{path} is not valid JSON: {exc}") from None
+    except OSError as exc:
+        raise ModelLoadError(f"{path} cannot be read: {exc.strerror or exc}") from None
+    if not isinstance(data, dict):
+        raise ModelLoadError(f"{path} must hold a JSON object, got {type(data).__name__}")
+    return data
+
+
+def read_normalization(path: Path, n_in: int | None = None, n_out: int | None = None) -> Normalization:
+    """Read and validate a run directory's ``normalization.json``.
+
+    Parameters
+    ----------
+    path
+        The file.
+    n_in, n_out
+        The model's input and output channels, when known: the statistics must have as many values.
+        Without ``target_mean``/``target_std`` (self-supervised runs) the input statistics are used.
+
+    Raises
+    ------
+    ModelLoadError
+        The file is missing, not JSON, or its statistics are unusable; the message names the file.
+    """
+    path = Path(path)
+    norm = read_json_object(path, required=True)
+    mean = check_channel_values(norm.get("mean"), "mean", path, n_in)
+    std = check_channel_values(norm.get("std"), "std", path, n_in if n_in is not None else len(mean))
+    n_out = n_out if n_out is not None else len(mean)
+    target_mean = (
+        check_channel_values(norm["target_mean"], "target_mean", path, n_out) if "target_mean" in norm else mean
+    )
+    target_std = check_channel_values(norm["target_std"], "target_std", path, n_out) if "target_std" in norm else std
+    if len(target_mean) != n_out or len(target_std) != n_out:
+        raise ModelLoadError(f"{path}: target statistics must have {n_out} values (one per output channel)")
+    return Normalization(mean=list(mean), std=list(std), target_mean=list(target_mean), target_std=list(target_std))

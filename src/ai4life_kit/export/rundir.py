@@ -8,13 +8,12 @@ The run directory contract is described in ``docs/architecture.md``: ``spec.yaml
 from __future__ import annotations
 
 import csv
-import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ai4life_kit.config import TrainingSpec, load_spec
+from ai4life_kit.data.normalization import read_json_object, read_normalization
 from ai4life_kit.errors import ConfigError, ModelLoadError
 from ai4life_kit.models import halo_for_depth
 
@@ -75,36 +74,6 @@ class RunInfo:
         return model.eval()
 
 
-def _read_json(path: Path, required: bool) -> dict[str, Any]:
-    if not path.is_file():
-        if required:
-            raise ModelLoadError(f"{path} does not exist (is {path.parent} a finished run directory?)")
-        return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ModelLoadError(f"{path} is not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise ModelLoadError(f"{path} must hold a JSON object, got {type(data).__name__}")
-    return data
-
-
-def _float_list(norm: dict[str, Any], key: str, path: Path, n: int | None) -> list[float]:
-    value = norm.get(key)
-    if isinstance(value, (int, float)):
-        value = [value]
-    if not isinstance(value, list) or not value or not all(isinstance(v, (int, float)) for v in value):
-        raise ModelLoadError(f"{path}: {key!r} must be a list of numbers, got {value!r}")
-    values = [float(v) for v in value]
-    if not all(math.isfinite(v) for v in values):
-        raise ModelLoadError(f"{path}: {key!r} contains NaN or Inf: {values}")
-    if key.endswith("std") and min(values) <= 0:
-        raise ModelLoadError(f"{path}: {key!r} must be positive, got {values}")
-    if n is not None and len(values) != n:
-        raise ModelLoadError(f"{path}: {key!r} has {len(values)} values but the model has {n} channels")
-    return values
-
-
 def _read_metrics(path: Path) -> list[dict[str, str]]:
     if not path.is_file():
         return []
@@ -140,25 +109,19 @@ def load_run(run_dir: Path) -> RunInfo:
     model_args = dict(ckpt["model_args"])
     n_in = int(model_args.get("in_channels", 1))
     n_out = int(model_args.get("out_channels", n_in))
-    norm_path = run_dir / "normalization.json"
-    norm = _read_json(norm_path, required=True)
-    mean = _float_list(norm, "mean", norm_path, n_in)
-    std = _float_list(norm, "std", norm_path, n_in)
-    target_mean = _float_list(norm, "target_mean", norm_path, n_out) if "target_mean" in norm else list(mean)
-    target_std = _float_list(norm, "target_std", norm_path, n_out) if "target_std" in norm else list(std)
-    if len(target_mean) != n_out or len(target_std) != n_out:
-        raise ModelLoadError(f"{norm_path}: target statistics must have {n_out} values (one per output channel)")
-    summary = _read_json(run_dir / "training_summary.json", required=False)
+    # The same validated reader as ``predict``: both refuse a zero or NaN std, naming the file.
+    norm = read_normalization(run_dir / "normalization.json", n_in, n_out)
+    summary = read_json_object(run_dir / "training_summary.json", required=False)
     epoch = ckpt.get("epoch")
     return RunInfo(
         run_dir=run_dir,
         spec=spec,
         model_args=model_args,
         model_state=dict(ckpt["model_state"]),
-        mean=mean,
-        std=std,
-        target_mean=target_mean,
-        target_std=target_std,
+        mean=norm.mean,
+        std=norm.std,
+        target_mean=norm.target_mean,
+        target_std=norm.target_std,
         summary=summary,
         metrics=_read_metrics(run_dir / "metrics.csv"),
         checkpoint_epoch=int(epoch) if isinstance(epoch, (int, float)) else None,

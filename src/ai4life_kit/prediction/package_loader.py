@@ -26,6 +26,7 @@ from typing import Any
 import torch
 import yaml
 
+from ai4life_kit.data.normalization import check_channel_values
 from ai4life_kit.errors import ModelLoadError
 
 __all__ = ["PackageContents", "read_package", "load_predictor_from_package"]
@@ -180,8 +181,8 @@ def _input_norm(tensor: dict[str, Any], n: int, path: Path) -> tuple[list[float]
             f"{path}: pre-processing {op!r} is not supported by ai4life-kit's predictor "
             "(fixed_zero_mean_unit_variance or scale_linear); run this model with bioimageio.core"
         )
-    if any(s <= 0 for s in std):
-        raise ModelLoadError(f"{path}: pre-processing std must be positive, got {std}")
+    # The same rule as for a run directory's normalization.json: no zero, negative or NaN std.
+    std = check_channel_values(std, "std", f"{path}: pre-processing {op}", n)
     return mean, std
 
 
@@ -290,6 +291,10 @@ def read_package(path: Path, weights: str = "auto") -> PackageContents:
             raise ModelLoadError(f"{path}: input is {ndim}D but output is {ndim_out}D")
         mean, std = _input_norm(inp, n_in, path)
         target_mean, target_std = _output_norm(out, n_out, path)
+        if (rdf.get("config") or {}).get("ai4life_kit"):
+            # ai4life-kit's post-processing gain is the training target std: positive, as in
+            # normalization.json (a foreign package may scale by any finite gain)
+            check_channel_values(target_std, "gain", f"{path}: post-processing scale_linear", n_out, positive=True)
         depth, halo = _depth_and_halo(rdf, inp, out, path)
         model, fmt = _load_weights(zf, rdf, path, weights)
     return PackageContents(

@@ -5,7 +5,6 @@ Built from a run directory or from a bioimage.io zip; both give the same numbers
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import numpy as np
 import torch
 
 from ai4life_kit.data.axes import Layout
-from ai4life_kit.data.normalization import denormalise, normalise
+from ai4life_kit.data.normalization import denormalise, normalise, read_normalization
 from ai4life_kit.data.sources import ImageSource
 from ai4life_kit.data.views import CanonicalView
 from ai4life_kit.errors import DataError, ModelLoadError
@@ -106,24 +105,35 @@ class Predictor:
 
     @classmethod
     def from_run_dir(cls, run_dir: Path, device: str | torch.device = "auto", checkpoint: str = "best") -> Predictor:
-        """Load the ``best`` (or ``last``) checkpoint of a run directory."""
+        """Load the ``best`` (or ``last``) checkpoint of a run directory.
+
+        ``normalization.json`` is validated as ``package`` validates it (a zero or NaN std would
+        turn every output pixel into NaN).
+
+        Raises
+        ------
+        ModelLoadError
+            A missing or unusable file, named in the message.
+        """
         run_dir = Path(run_dir)
         if not run_dir.is_dir():
             raise ModelLoadError(f"run directory {run_dir} does not exist")
         norm_path = run_dir / "normalization.json"
-        if not norm_path.is_file():
+        if not norm_path.exists():
             raise ModelLoadError(f"{run_dir} is not an ai4life-kit run directory (no normalization.json)")
-        norm = json.loads(norm_path.read_text())
+        read_normalization(norm_path)  # before the checkpoint: a garbage file is reported cheaply
         ckpt = load_checkpoint(run_dir / "checkpoints" / f"{checkpoint}.pt")
-        model = UNet(**ckpt["model_args"])
-        model.load_state_dict(ckpt["model_state"])
         args = ckpt["model_args"]
+        n_in = int(args.get("in_channels", 1))
+        norm = read_normalization(norm_path, n_in, int(args.get("out_channels", n_in)))
+        model = UNet(**args)
+        model.load_state_dict(ckpt["model_state"])
         return cls(
             model,
-            norm["mean"],
-            norm["std"],
-            norm["target_mean"],
-            norm["target_std"],
+            norm.mean,
+            norm.std,
+            norm.target_mean,
+            norm.target_std,
             spatial_ndim=args["dims"],
             depth=args["depth"],
             device=device,
