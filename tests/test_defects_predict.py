@@ -6,7 +6,9 @@ fast; packages are built once per module without the bioimageio test (``run_test
 
 from __future__ import annotations
 
+import io
 import json
+import math
 import sys
 import zipfile
 from pathlib import Path
@@ -18,7 +20,7 @@ import torch
 import yaml
 
 from ai4life_kit.config import load_spec, save_spec
-from ai4life_kit.data.normalization import read_normalization
+from ai4life_kit.data.normalization import PACKAGE_EPS, denormalise, normalise, read_normalization
 from ai4life_kit.errors import ConfigError, ModelLoadError, UserInputError
 from ai4life_kit.export import build as build_mod
 from ai4life_kit.export import load_run, package_run
@@ -256,3 +258,81 @@ def test_package_with_no_onnx_does_not_need_onnx(tmp_path, monkeypatch):
     build_mod.check_dependencies(onnx=False, run_test=True)  # no error
     with pytest.raises(UserInputError, match="--no-onnx"):
         build_mod.check_dependencies(onnx=True, run_test=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# item 16: (x - mean) / (std + eps) everywhere, as bioimageio.core computes it
+# ---------------------------------------------------------------------------------------------
+def _rdf_processing(rdf: dict, network, x: np.ndarray) -> np.ndarray:
+    """The rdf's pre- and post-processing in numpy, as bioimageio.core runs them (float64, eps 1e-6)."""
+    (pre_step,) = [s for s in rdf["inputs"][0]["preprocessing"] if s["id"] != "ensure_dtype"]
+    (post_step,) = rdf["outputs"][0]["postprocessing"]
+    assert pre_step["id"] == "fixed_zero_mean_unit_variance" and post_step["id"] == "scale_linear"
+    shape = (1, -1) + (1,) * (x.ndim - 2)
+    mean = np.asarray(pre_step["kwargs"]["mean"], np.float64).reshape(shape)
+    std = np.asarray(pre_step["kwargs"]["std"], np.float64).reshape(shape)
+    gain = np.asarray(post_step["kwargs"]["gain"], np.float64).reshape(shape)
+    offset = np.asarray(post_step["kwargs"]["offset"], np.float64).reshape(shape)
+    xn = ((x.astype(np.float32).astype(np.float64) - mean) / (std + 1e-6)).astype(np.float32)
+    with torch.no_grad():
+        y = network(torch.from_numpy(xn)).numpy()
+    return (y.astype(np.float64) * gain + offset).astype(np.float32)
+
+
+def _package_network(zip_path: Path) -> tuple[torch.nn.Module, dict]:
+    """The package's TorchScript (loaded without the kit's loader) and its rdf."""
+    with zipfile.ZipFile(zip_path) as zf:
+        rdf = yaml.safe_load(zf.read("rdf.yaml"))
+        data = zf.read(rdf["weights"]["torchscript"]["source"])
+    return torch.jit.load(io.BytesIO(data), map_location="cpu").eval(), rdf
+
+
+def test_zip_prediction_equals_the_rdf_processing_with_eps(packages):
+    """std 1e-4: eps = 1e-6 changes normalised values by 1e-2; float32 rounding is ~1e-6 of std here."""
+    run, zip_path = packages["small_std"]
+    network, rdf = _package_network(zip_path)
+    p = Predictor.from_bioimageio(zip_path, device="cpu")
+    image = np.random.default_rng(5).normal(1e-3, 1e-4, (1, 1, 40, 56)).astype(np.float32)
+    # one tile: the predictor pads symmetrically by the halo (and to the size multiple), runs the
+    # network, crops; the reference does the same with the rdf's processing
+    grid = p.plan(image.shape[2:])
+    assert len(grid) == 1
+    pad = [(0, 0), (0, 0)] + [(grid.halo, t - n - grid.halo) for t, n in zip(grid.tile, grid.shape, strict=True)]
+    padded = np.pad(image, pad, mode="symmetric")
+    crop = (slice(None), slice(None)) + tuple(slice(grid.halo, grid.halo + n) for n in grid.shape)
+    expected = _rdf_processing(rdf, network, padded)[crop]
+    tstd = rdf["outputs"][0]["postprocessing"][0]["kwargs"]["gain"][0]
+    for predictor in (p, Predictor.from_run_dir(run, device="cpu")):
+        got = predictor.predict(image, "SCYX", precision="fp32")
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5 * tstd)
+    # without eps the normalised input differs by ~1e-2: the check above can tell
+    no_eps = Predictor.from_bioimageio(zip_path, device="cpu")
+    no_eps.eps = 0.0
+    assert np.abs(no_eps.predict(image, "SCYX") - expected).max() > 1e-4 * tstd
+
+
+def test_test_output_equals_the_rdf_processing_with_eps(packages):
+    _, zip_path = packages["small_std"]
+    network, rdf = _package_network(zip_path)
+    with zipfile.ZipFile(zip_path) as zf:
+        test_in = np.load(io.BytesIO(zf.read(rdf["inputs"][0]["test_tensor"]["source"])))
+        test_out = np.load(io.BytesIO(zf.read(rdf["outputs"][0]["test_tensor"]["source"])))
+    tstd = rdf["outputs"][0]["postprocessing"][0]["kwargs"]["gain"][0]
+    np.testing.assert_allclose(test_out, _rdf_processing(rdf, network, test_in), rtol=0, atol=1e-5 * tstd)
+
+
+def test_normalise_is_bioimageio_cores_arithmetic():
+    rng = np.random.default_rng(6)
+    x = rng.normal(0.05, 0.01, (2, 3, 20, 24)).astype(np.float32)
+    mean, std = [0.05, 0.04, 0.06], [0.01, 0.003, 0.02]
+    shape = (1, 3, 1, 1)
+    m64, s64 = np.reshape(mean, shape), np.reshape(std, shape)
+    expected = ((x.astype(np.float64) - m64) / (s64 + PACKAGE_EPS)).astype(np.float32)
+    np.testing.assert_array_equal(normalise(x, mean, std, 2, eps=PACKAGE_EPS), expected)
+    view = np.ascontiguousarray(x.transpose(0, 1, 3, 2)).transpose(0, 1, 3, 2)  # a strided view
+    np.testing.assert_array_equal(normalise(view, mean, std, 2, eps=PACKAGE_EPS), expected)
+    y = expected.copy()
+    back = denormalise(y, mean, std, 2)
+    assert back is y  # in place
+    np.testing.assert_array_equal(back, (expected.astype(np.float64) * s64 + m64).astype(np.float32))
+    assert math.isclose(PACKAGE_EPS, 1e-6)

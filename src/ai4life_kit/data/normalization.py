@@ -1,8 +1,12 @@
 """Per-channel normalisation: statistics computed once over the training data, and the arithmetic.
 
-Training (in memory and lazy) and prediction (in memory and out of core) all normalise with
-:func:`normalise` and map back with :func:`denormalise`, so every path gives the same float32
-numbers.
+The arithmetic is what the packages declare and bioimage.io consumers compute: the input's
+``fixed_zero_mean_unit_variance`` is ``(x - mean) / (std + eps)`` with bioimageio.core's ``eps``
+(:data:`PACKAGE_EPS`), the output's ``scale_linear`` is ``y * std + mean``, each computed in
+float64 and rounded once to float32, as bioimageio.core does. Prediction from a run directory,
+prediction from a package and a package's test output all go through :func:`normalise` and
+:func:`denormalise`, so they give the consumers' float32 numbers. Training (in memory and lazy)
+normalises with ``eps=0``, the definition of its statistics; both paths give the same numbers.
 
 :func:`read_normalization` is the one validated reader of a run directory's
 ``normalization.json``, shared by ``predict`` and ``package`` (numpy only: no torch, no bioimageio).
@@ -12,7 +16,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +26,7 @@ import numpy as np
 from ai4life_kit.errors import DataError, ModelLoadError
 
 __all__ = [
+    "PACKAGE_EPS",
     "Normalization",
     "channel_stats",
     "check_channel_values",
@@ -29,6 +34,17 @@ __all__ = [
     "normalise",
     "read_normalization",
 ]
+
+PACKAGE_EPS = 1e-6
+"""``eps`` of bioimageio.core's ``fixed_zero_mean_unit_variance``: ``(x - mean) / (std + eps)``.
+
+The bioimage.io format has no field for it (the kwargs are only ``mean`` and ``std``), so every
+consumer uses this default; the kit's own predictions must use it too to agree with theirs.
+"""
+
+# Elements per float64 temporary (32 MiB): normalising a large image in memory needs little
+# more than its float32 input and output.
+_CHUNK = 2**22
 
 
 def channel_stats(images: Sequence[np.ndarray], names: Sequence[str] | None = None) -> tuple[list[float], list[float]]:
@@ -55,21 +71,64 @@ def channel_stats(images: Sequence[np.ndarray], names: Sequence[str] | None = No
     return mean.tolist(), std.tolist()
 
 
-def _per_channel(values: Sequence[float], spatial_ndim: int) -> np.ndarray:
-    """float32 ``(C, 1, ..., 1)``: broadcasts over ``(C, *spatial)`` tiles and ``(B, C, *spatial)`` batches."""
-    return np.asarray(values, np.float32).reshape((-1,) + (1,) * spatial_ndim)
+def _per_channel(values: Sequence[float], n_channels: int, what: str) -> list[float]:
+    """``values`` as ``n_channels`` floats (one value stands for every channel)."""
+    out = [float(v) for v in np.asarray(values, np.float64).reshape(-1)]
+    if len(out) == 1:
+        return out * n_channels
+    if len(out) != n_channels:
+        raise ValueError(f"{len(out)} {what} values for {n_channels} channels")
+    return out
 
 
-def normalise(x: np.ndarray, mean: Sequence[float], std: Sequence[float], spatial_ndim: int) -> np.ndarray:
-    """``(x - mean[c]) / std[c]`` in float32, for arrays whose last axes are ``(C, *spatial)``."""
-    return (x - _per_channel(mean, spatial_ndim)) / _per_channel(std, spatial_ndim)
+def _apply_per_channel(
+    x: np.ndarray,
+    spatial_ndim: int,
+    op: Callable[[np.ndarray, int], np.ndarray],
+    out: np.ndarray | None = None,
+) -> np.ndarray:
+    """``out[..., c, *spatial] = op(x[..., c, *spatial] as float64, c)``, rounded once to float32.
+
+    A few rows at a time (float64 temporaries of at most ``_CHUNK`` elements), without copying
+    ``x`` when it is a strided view (a transposed image, a tile's core).
+    """
+    if out is None:
+        out = np.empty(x.shape, np.float32)
+    spatial = x.shape[x.ndim - spatial_ndim :]
+    rows = max(1, _CHUNK // max(1, math.prod(spatial[1:])))
+    for index in np.ndindex(*x.shape[: x.ndim - spatial_ndim]):
+        src, dst = x[index], out[index]
+        for start in range(0, spatial[0], rows):
+            dst[start : start + rows] = op(src[start : start + rows].astype(np.float64), index[-1])
+    return out
+
+
+def normalise(
+    x: np.ndarray, mean: Sequence[float], std: Sequence[float], spatial_ndim: int, eps: float = 0.0
+) -> np.ndarray:
+    """``(x - mean[c]) / (std[c] + eps)`` as a new float32 array, for arrays whose last axes are ``(C, *spatial)``.
+
+    Computed in float64 and rounded once to float32, like bioimageio.core's
+    ``fixed_zero_mean_unit_variance`` (prediction passes ``eps=PACKAGE_EPS``).
+    """
+    x = np.asarray(x)
+    n = x.shape[x.ndim - spatial_ndim - 1]
+    m = _per_channel(mean, n, "mean")
+    d = [s + eps for s in _per_channel(std, n, "std")]
+    return _apply_per_channel(x, spatial_ndim, lambda v, c: (v - m[c]) / d[c])
 
 
 def denormalise(y: np.ndarray, mean: Sequence[float], std: Sequence[float], spatial_ndim: int) -> np.ndarray:
-    """``y * std[c] + mean[c]``, computed in place in ``y`` (float32) and returned."""
-    y *= _per_channel(std, spatial_ndim)
-    y += _per_channel(mean, spatial_ndim)
-    return y
+    """``y * std[c] + mean[c]`` as float32 (``scale_linear`` with gain ``std`` and offset ``mean``).
+
+    Computed in float64 and rounded once, like bioimageio.core's ``scale_linear``. A float32
+    ``y`` is overwritten and returned (no second image-sized buffer); any other dtype gives a
+    new array.
+    """
+    n = y.shape[y.ndim - spatial_ndim - 1]
+    m, s = _per_channel(mean, n, "mean"), _per_channel(std, n, "std")
+    out = y if y.dtype == np.float32 and y.flags.writeable else None
+    return _apply_per_channel(y, spatial_ndim, lambda v, c: v * s[c] + m[c], out=out)
 
 
 # -- normalization.json ------------------------------------------------------------------------

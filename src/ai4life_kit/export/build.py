@@ -107,17 +107,19 @@ def check_dependencies(onnx: bool = True, run_test: bool = True) -> None:
 
 
 def compute_test_output(run: RunInfo, model, array: np.ndarray) -> np.ndarray:
-    """The package's output for a raw ``array``: normalise, run the network, map back to raw."""
+    """The package's output for a raw ``array``: normalise, run the network, map back to raw.
+
+    With the rdf's processing as bioimageio.core runs it (``(x - mean) / (std + eps)`` in,
+    ``y * gain + offset`` out, float64 rounded to float32), the arithmetic ``predict`` uses too.
+    """
     import torch
 
-    mean = np.asarray(run.mean, np.float32).reshape((1, -1) + (1,) * run.dims)
-    std = np.asarray(run.std, np.float32).reshape((1, -1) + (1,) * run.dims)
-    tmean = np.asarray(run.target_mean, np.float32).reshape((1, -1) + (1,) * run.dims)
-    tstd = np.asarray(run.target_std, np.float32).reshape((1, -1) + (1,) * run.dims)
-    x = torch.from_numpy(((array - mean) / std).astype(np.float32))
+    from ai4life_kit.data.normalization import PACKAGE_EPS, denormalise, normalise
+
+    x = normalise(np.asarray(array, np.float32), run.mean, run.std, run.dims, eps=PACKAGE_EPS)
     with torch.no_grad():
-        y = model(x).numpy()
-    return (y * tstd + tmean).astype(np.float32)
+        y = model(torch.from_numpy(x)).numpy()
+    return denormalise(np.ascontiguousarray(y, np.float32), run.target_mean, run.target_std, run.dims)
 
 
 def _write_tiff(path: Path, array: np.ndarray) -> None:

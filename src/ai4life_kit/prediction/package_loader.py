@@ -2,7 +2,8 @@
 
 Only torch, numpy, yaml and zipfile: this is what the challenge container runs. It reads
 ``rdf.yaml`` (format 0.5), the ``fixed_zero_mean_unit_variance`` pre-processing (mean/std per
-channel) and ``scale_linear`` post-processing (gain/offset per channel), and loads the weights:
+channel, applied as bioimageio.core applies it: ``(x - mean) / (std + 1e-6)``) and
+``scale_linear`` post-processing (gain/offset per channel), and loads the weights:
 
 - ai4life-kit packages (``config.ai4life_kit`` present, architecture ``UNet``): the state dict
   into :class:`ai4life_kit.models.unet.UNet`, exactly the module a run directory uses;
@@ -26,7 +27,7 @@ from typing import Any
 import torch
 import yaml
 
-from ai4life_kit.data.normalization import check_channel_values
+from ai4life_kit.data.normalization import PACKAGE_EPS, check_channel_values
 from ai4life_kit.errors import ModelLoadError
 
 __all__ = ["PackageContents", "read_package", "load_predictor_from_package"]
@@ -49,6 +50,7 @@ class PackageContents:
     halo: int
     weights_format: str
     name: str = ""
+    eps: float = PACKAGE_EPS  # input normalisation (x - mean) / (std + eps); 0 for scale_linear
     rdf: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
@@ -158,10 +160,11 @@ def _steps(tensor: dict[str, Any], key: str) -> list[dict[str, Any]]:
     return [s for s in steps if isinstance(s, dict) and s.get("id", s.get("name")) != "ensure_dtype"]
 
 
-def _input_norm(tensor: dict[str, Any], n: int, path: Path) -> tuple[list[float], list[float]]:
+def _input_norm(tensor: dict[str, Any], n: int, path: Path) -> tuple[list[float], list[float], float]:
+    """``(mean, std, eps)``: the pre-processing is ``(x - mean) / (std + eps)``."""
     steps = _steps(tensor, "preprocessing")
     if not steps:
-        return [0.0] * n, [1.0] * n
+        return [0.0] * n, [1.0] * n, 0.0
     if len(steps) > 1:
         raise ModelLoadError(f"{path}: {len(steps)} pre-processing steps; ai4life-kit runs at most one")
     step = steps[0]
@@ -169,13 +172,15 @@ def _input_norm(tensor: dict[str, Any], n: int, path: Path) -> tuple[list[float]
     if op == "fixed_zero_mean_unit_variance":
         mean = _per_channel(kwargs.get("mean"), n, "pre-processing mean", path)
         std = _per_channel(kwargs.get("std"), n, "pre-processing std", path)
-    elif op == "scale_linear":  # x * gain + offset == (x - mean) / std
+        eps = PACKAGE_EPS  # not in the rdf: every consumer uses bioimageio.core's default
+    elif op == "scale_linear":  # x * gain + offset == (x - mean) / std, exactly (no eps)
         gain = _per_channel(kwargs.get("gain", 1.0), n, "pre-processing gain", path)
         offset = _per_channel(kwargs.get("offset", 0.0), n, "pre-processing offset", path)
         if any(g == 0 for g in gain):
             raise ModelLoadError(f"{path}: pre-processing gain of 0")
         std = [1.0 / g for g in gain]
         mean = [-o / g for o, g in zip(offset, gain, strict=True)]
+        eps = 0.0
     else:
         raise ModelLoadError(
             f"{path}: pre-processing {op!r} is not supported by ai4life-kit's predictor "
@@ -183,7 +188,7 @@ def _input_norm(tensor: dict[str, Any], n: int, path: Path) -> tuple[list[float]
         )
     # The same rule as for a run directory's normalization.json: no zero, negative or NaN std.
     std = check_channel_values(std, "std", f"{path}: pre-processing {op}", n)
-    return mean, std
+    return mean, std, eps
 
 
 def _output_norm(tensor: dict[str, Any], n: int, path: Path) -> tuple[list[float], list[float]]:
@@ -289,7 +294,7 @@ def read_package(path: Path, weights: str = "auto") -> PackageContents:
         n_out, ndim_out = _check_axes(out, "output", path)
         if ndim != ndim_out:
             raise ModelLoadError(f"{path}: input is {ndim}D but output is {ndim_out}D")
-        mean, std = _input_norm(inp, n_in, path)
+        mean, std, eps = _input_norm(inp, n_in, path)
         target_mean, target_std = _output_norm(out, n_out, path)
         if (rdf.get("config") or {}).get("ai4life_kit"):
             # ai4life-kit's post-processing gain is the training target std: positive, as in
@@ -308,6 +313,7 @@ def read_package(path: Path, weights: str = "auto") -> PackageContents:
         halo=halo,
         weights_format=fmt,
         name=str(rdf.get("name", "")),
+        eps=eps,
         rdf=rdf,
     )
 
@@ -327,4 +333,5 @@ def load_predictor_from_package(path: Path, device: str | torch.device = "auto",
         depth=pkg.depth,
         device=device,
         halo=pkg.halo or None,
+        eps=pkg.eps,
     )

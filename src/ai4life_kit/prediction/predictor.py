@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from ai4life_kit.data.axes import Layout
-from ai4life_kit.data.normalization import denormalise, normalise, read_normalization
+from ai4life_kit.data.normalization import PACKAGE_EPS, denormalise, normalise, read_normalization
 from ai4life_kit.data.sources import ImageSource
 from ai4life_kit.data.views import CanonicalView
 from ai4life_kit.errors import DataError, ModelLoadError
@@ -70,6 +70,11 @@ class Predictor:
         ``auto``, ``cpu``, ``cuda``, ``mps`` or a :class:`torch.device`.
     halo
         Overlap per tile side; default: the receptive-field radius bound of the U-Net.
+    eps
+        The input normalisation is ``(x - mean) / (std + eps)``: bioimageio.core's
+        ``fixed_zero_mean_unit_variance`` (the default), which ai4life-kit's packages declare, so
+        run directory, package and consumers give the same numbers; 0 for a package whose
+        pre-processing is ``scale_linear``.
     """
 
     def __init__(
@@ -83,6 +88,7 @@ class Predictor:
         depth: int,
         device: str | torch.device = "auto",
         halo: int | None = None,
+        eps: float = PACKAGE_EPS,
     ) -> None:
         self.device = device if isinstance(device, torch.device) else resolve_device(device)
         self.spatial_ndim = int(spatial_ndim)
@@ -90,10 +96,13 @@ class Predictor:
         self.model = model.to(self.device).eval()
         if not isinstance(self.model, torch.jit.ScriptModule):
             self.model = self.model.to(memory_format=self.memory_format)
-        self.mean = np.asarray(mean, dtype=np.float32)
-        self.std = np.asarray(std, dtype=np.float32)
-        self.target_mean = np.asarray(target_mean, dtype=np.float32)
-        self.target_std = np.asarray(target_std, dtype=np.float32)
+        # float64, as the rdf (and bioimageio.core) holds them: rounding them to float32 first
+        # would shift every normalised value by up to 6e-8 of the mean
+        self.mean = np.asarray(mean, dtype=np.float64)
+        self.std = np.asarray(std, dtype=np.float64)
+        self.target_mean = np.asarray(target_mean, dtype=np.float64)
+        self.target_std = np.asarray(target_std, dtype=np.float64)
+        self.eps = float(eps)
         self.depth = int(depth)
         self.multiple = 2**self.depth
         radius = halo_for_depth(self.depth) if halo is None else int(halo)
@@ -177,7 +186,7 @@ class Predictor:
         """Denoise ``(S, C, *spatial)`` raw images; returns float32 raw-unit images of the same shape."""
         if images.shape[1] != self.n_channels:
             raise DataError(f"the model expects {self.n_channels} channel(s), the image has {images.shape[1]}")
-        x = normalise(images.astype(np.float32, copy=False), self.mean, self.std, self.spatial_ndim)
+        x = normalise(images.astype(np.float32, copy=False), self.mean, self.std, self.spatial_ndim, self.eps)
         grid = self.plan(images.shape[2:], tile)
         y = predict_tiled(
             self._forward(precision), x, len(self.target_mean), grid, batch_size, self.device, tta, progress
@@ -251,7 +260,7 @@ class Predictor:
             self.device,
             tta,
             progress,
-            prepare=lambda x: normalise(x, self.mean, self.std, nd),
+            prepare=lambda x: normalise(x, self.mean, self.std, nd, self.eps),
             finish=lambda y: denormalise(y, self.target_mean, self.target_std, nd),
         )
 
