@@ -19,6 +19,7 @@ import tifffile
 import torch
 import yaml
 
+from ai4life_kit.challenge import runner
 from ai4life_kit.config import load_spec, save_spec
 from ai4life_kit.data.normalization import PACKAGE_EPS, denormalise, normalise, read_normalization
 from ai4life_kit.errors import ConfigError, ModelLoadError, UserInputError
@@ -258,6 +259,84 @@ def test_package_with_no_onnx_does_not_need_onnx(tmp_path, monkeypatch):
     build_mod.check_dependencies(onnx=False, run_test=True)  # no error
     with pytest.raises(UserInputError, match="--no-onnx"):
         build_mod.check_dependencies(onnx=True, run_test=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# item 13: TTA keeps structN2V's noise axis
+# ---------------------------------------------------------------------------------------------
+class _Recorder(torch.nn.Module):
+    """Wraps a network and records the spatial shape of every batch it sees."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+        self.shapes: list[tuple[int, ...]] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.shapes.append(tuple(x.shape[2:]))
+        return self.inner(x)
+
+
+def _record(predictor: Predictor) -> _Recorder:
+    predictor.model = _Recorder(predictor.model)
+    return predictor.model
+
+
+def _average(predictor: Predictor, image: np.ndarray, rotations: bool) -> np.ndarray:
+    """TTA by hand: predict each flipped (and rotated) image, undo it, average."""
+    outs = []
+    for k in range(4) if rotations else [0]:
+        for flips in [(), (1,)] if rotations else [(), (1,), (0,), (0, 1)]:
+            view = np.rot90(image, k)
+            view = np.flip(view, flips) if flips else view
+            y = predictor.predict(np.ascontiguousarray(view), "YX")
+            y = np.flip(y, flips) if flips else y
+            outs.append(np.rot90(y, -k))
+    return np.mean(outs, axis=0)
+
+
+@pytest.mark.parametrize("source", ["run_dir", "zip"])
+def test_tta_uses_flips_only_for_structn2v(packages, source):
+    image = np.random.default_rng(3).normal(100, 10, (40, 56)).astype(np.float32)  # not square
+    for algorithm, n_transforms in (("structn2v", 4), ("n2v", 8)):
+        run, zip_path = packages[algorithm]
+        p = Predictor.from_run_dir(run, "cpu") if source == "run_dir" else Predictor.from_bioimageio(zip_path, "cpu")
+        assert p.algorithm == algorithm
+        transforms = p.tta_transforms()
+        assert len(transforms) == n_transforms
+        if algorithm == "structn2v":
+            assert all(t.rotations == 0 for t in transforms)
+            assert {t.flips for t in transforms} == {(), (-1,), (-2,), (-2, -1)}
+        else:
+            assert {t.rotations for t in transforms} == {0, 1, 2, 3}
+        recorder = _record(p)
+        tta = p.predict(image, "YX", tta=True)
+        tile = recorder.shapes[0]
+        assert len(recorder.shapes) == n_transforms  # one tile, one forward pass per transform
+        transposed = sum(s == tile[::-1] and s != tile for s in recorder.shapes)
+        assert transposed == (0 if algorithm == "structn2v" else 4)  # rotations transpose the tile
+        p.model = recorder.inner
+        expected = _average(p, image, rotations=algorithm != "structn2v")
+        np.testing.assert_allclose(tta, expected, rtol=1e-4, atol=1e-3)
+
+
+def test_challenge_runner_tta_goes_through_the_same_predictor(packages):
+    _, zip_path = packages["structn2v"]
+    (model,) = runner.load_models([zip_path], device="cpu")
+    assert model.algorithm == "structn2v"
+    recorder = _record(model)
+    stack = np.random.default_rng(4).normal(100, 10, (2, 40, 56)).astype(np.float32)
+    out = runner.denoise([model], stack, "SYX", tta=True, batch_size=2)
+    assert len(recorder.shapes) == 4  # both samples' tiles in one batch, 4 flips
+    assert all(s == recorder.shapes[0] for s in recorder.shapes)
+    np.testing.assert_array_equal(out, model.predict(stack, "SYX", tta=True, batch_size=2))
+
+
+def test_rdf_records_the_algorithm(packages):
+    for algorithm in ("n2v", "structn2v"):
+        with zipfile.ZipFile(packages[algorithm][1]) as zf:
+            rdf = yaml.safe_load(zf.read("rdf.yaml"))
+        assert rdf["config"]["ai4life_kit"]["algorithm"] == algorithm
 
 
 # ---------------------------------------------------------------------------------------------

@@ -68,7 +68,14 @@ def predict(
     tile: Annotated[
         str | None, typer.Option(help="Largest network input tile, e.g. 256,256 (default 768 in 2D, 128 in 3D).")
     ] = None,
-    tta: Annotated[bool, typer.Option("--tta", help="Average the 8 flips/rotations (slower, smoother).")] = False,
+    tta: Annotated[
+        bool,
+        typer.Option(
+            "--tta",
+            help="Average the 8 flips/rotations (slower, smoother); for structN2V models only the 4 flips, "
+            "since a rotation would move the structured noise to the axis the model does not mask.",
+        ),
+    ] = False,
     batch_size: Annotated[int, typer.Option(min=1, help="Tiles per forward pass.")] = 4,
     precision: Annotated[str, typer.Option(help="auto (bf16 on CUDA), fp32 or bf16.")] = "auto",
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",

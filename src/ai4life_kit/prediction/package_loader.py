@@ -51,6 +51,7 @@ class PackageContents:
     weights_format: str
     name: str = ""
     eps: float = PACKAGE_EPS  # input normalisation (x - mean) / (std + eps); 0 for scale_linear
+    algorithm: str | None = None  # config.ai4life_kit.algorithm of ai4life-kit's packages
     rdf: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
@@ -221,6 +222,13 @@ def _depth_and_halo(rdf: dict[str, Any], inp: dict[str, Any], out: dict[str, Any
     raise ModelLoadError(f"{path}: cannot tell the network's size multiple (input sizes need a power-of-two step)")
 
 
+def _algorithm(rdf: dict[str, Any]) -> str | None:
+    """``config.ai4life_kit.algorithm`` (decides the test-time augmentations); ``None`` for other packages."""
+    ours = (rdf.get("config") or {}).get("ai4life_kit") or {}
+    algo = ours.get("algorithm") if isinstance(ours, dict) else None
+    return algo.strip().lower() if isinstance(algo, str) else None
+
+
 def _load_weights(zf: zipfile.ZipFile, rdf: dict[str, Any], path: Path, weights: str) -> tuple[torch.nn.Module, str]:
     entries = rdf.get("weights") or {}
     ours = (rdf.get("config") or {}).get("ai4life_kit") or {}
@@ -314,6 +322,7 @@ def read_package(path: Path, weights: str = "auto") -> PackageContents:
         weights_format=fmt,
         name=str(rdf.get("name", "")),
         eps=eps,
+        algorithm=_algorithm(rdf),
         rdf=rdf,
     )
 
@@ -334,4 +343,5 @@ def load_predictor_from_package(path: Path, device: str | torch.device = "auto",
         device=device,
         halo=pkg.halo or None,
         eps=pkg.eps,
+        algorithm=pkg.algorithm,
     )

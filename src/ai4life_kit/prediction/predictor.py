@@ -18,7 +18,7 @@ from ai4life_kit.data.views import CanonicalView
 from ai4life_kit.errors import DataError, ModelLoadError
 from ai4life_kit.models import halo_for_depth
 from ai4life_kit.models.unet import UNet
-from ai4life_kit.prediction.tiling import TileGrid, plan_grid, predict_tiled
+from ai4life_kit.prediction.tiling import TileGrid, TTATransform, plan_grid, predict_tiled, tta_transforms
 from ai4life_kit.runtime import autocast, channels_last, resolve_device
 
 __all__ = ["Predictor", "load_checkpoint", "DEFAULT_TILE", "STREAM_ABOVE_BYTES"]
@@ -34,6 +34,20 @@ DEFAULT_TILE = {2: 768, 3: 128}
 # as fast (benchmarks/bench_outofcore_predict.py), so there is no reason to go higher. Smaller
 # images keep the in-memory path (classic TIFF writer; many small files gain nothing).
 STREAM_ABOVE_BYTES = 2**30
+
+
+def _run_algorithm(run_dir: Path) -> str | None:
+    """The algorithm in a run directory's ``spec.yaml`` (``None`` without one)."""
+    from ai4life_kit.config import load_spec
+    from ai4life_kit.errors import ConfigError
+
+    path = run_dir / "spec.yaml"
+    if not path.exists():
+        return None
+    try:
+        return load_spec(path).algorithm.name
+    except ConfigError as exc:
+        raise ModelLoadError(f"{run_dir} is not a usable run directory: {exc}") from None
 
 
 def load_checkpoint(path: Path) -> dict:
@@ -75,6 +89,9 @@ class Predictor:
         ``fixed_zero_mean_unit_variance`` (the default), which ai4life-kit's packages declare, so
         run directory, package and consumers give the same numbers; 0 for a package whose
         pre-processing is ``scale_linear``.
+    algorithm
+        The training algorithm (``n2v``, ``structn2v``, ...), when known: it decides which
+        test-time augmentations are valid (:meth:`tta_transforms`).
     """
 
     def __init__(
@@ -89,6 +106,7 @@ class Predictor:
         device: str | torch.device = "auto",
         halo: int | None = None,
         eps: float = PACKAGE_EPS,
+        algorithm: str | None = None,
     ) -> None:
         self.device = device if isinstance(device, torch.device) else resolve_device(device)
         self.spatial_ndim = int(spatial_ndim)
@@ -103,6 +121,7 @@ class Predictor:
         self.target_mean = np.asarray(target_mean, dtype=np.float64)
         self.target_std = np.asarray(target_std, dtype=np.float64)
         self.eps = float(eps)
+        self.algorithm = algorithm
         self.depth = int(depth)
         self.multiple = 2**self.depth
         radius = halo_for_depth(self.depth) if halo is None else int(halo)
@@ -112,12 +131,22 @@ class Predictor:
     def n_channels(self) -> int:
         return len(self.mean)
 
+    def tta_transforms(self) -> list[TTATransform]:
+        """The augmentations ``tta=True`` averages: 8 flips/rotations, only the 4 flips for structN2V.
+
+        structN2V's network learnt to ignore noise correlated along its struct mask's axis; rotated
+        by 90 degrees that noise runs along the other axis and is reproduced, not removed. Flips
+        keep every axis where it was.
+        """
+        return tta_transforms(self.spatial_ndim, rotations=self.algorithm != "structn2v")
+
     @classmethod
     def from_run_dir(cls, run_dir: Path, device: str | torch.device = "auto", checkpoint: str = "best") -> Predictor:
         """Load the ``best`` (or ``last``) checkpoint of a run directory.
 
         ``normalization.json`` is validated as ``package`` validates it (a zero or NaN std would
-        turn every output pixel into NaN).
+        turn every output pixel into NaN), and ``spec.yaml`` gives the algorithm (for
+        :meth:`tta_transforms`; without one, all 8 augmentations are allowed).
 
         Raises
         ------
@@ -146,6 +175,7 @@ class Predictor:
             spatial_ndim=args["dims"],
             depth=args["depth"],
             device=device,
+            algorithm=_run_algorithm(run_dir),
         )
 
     @classmethod
@@ -188,8 +218,9 @@ class Predictor:
             raise DataError(f"the model expects {self.n_channels} channel(s), the image has {images.shape[1]}")
         x = normalise(images.astype(np.float32, copy=False), self.mean, self.std, self.spatial_ndim, self.eps)
         grid = self.plan(images.shape[2:], tile)
+        transforms = self.tta_transforms() if tta else False
         y = predict_tiled(
-            self._forward(precision), x, len(self.target_mean), grid, batch_size, self.device, tta, progress
+            self._forward(precision), x, len(self.target_mean), grid, batch_size, self.device, transforms, progress
         )
         return denormalise(y, self.target_mean, self.target_std, self.spatial_ndim)
 
@@ -258,7 +289,7 @@ class Predictor:
             grid,
             batch_size,
             self.device,
-            tta,
+            self.tta_transforms() if tta else False,
             progress,
             prepare=lambda x: normalise(x, self.mean, self.std, nd, self.eps),
             finish=lambda y: denormalise(y, self.target_mean, self.target_std, nd),

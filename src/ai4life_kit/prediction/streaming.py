@@ -30,7 +30,7 @@ from ai4life_kit.data.sources import ImageSource, MemmapTiffTarget, ZarrTarget, 
 from ai4life_kit.data.views import CanonicalView
 from ai4life_kit.errors import DataError
 from ai4life_kit.fileio import apply_umask_mode, atomic_path, check_writable
-from ai4life_kit.prediction.tiling import Job, TileGrid, run_tiles, symmetric_index, tile_jobs
+from ai4life_kit.prediction.tiling import TTA, Job, TileGrid, run_tiles, symmetric_index, tile_jobs
 
 __all__ = [
     "OUTPUT_FORMATS",
@@ -71,7 +71,7 @@ def predict_view(
     grid: TileGrid,
     batch_size: int,
     device: torch.device,
-    tta: bool = False,
+    tta: TTA = False,
     progress: Callable[[int], None] | None = None,
     prepare: Callable[[np.ndarray], np.ndarray] | None = None,
     finish: Callable[[np.ndarray], np.ndarray] | None = None,
@@ -86,6 +86,9 @@ def predict_view(
         Input and (writable) output, both canonical ``(S, C, *spatial)`` of the same size.
     grid
         From :func:`~ai4life_kit.prediction.tiling.plan_grid` for ``view.shape[2:]``.
+    tta
+        As in :func:`~ai4life_kit.prediction.tiling.run_tiles`: ``True`` for all 8 flips/rotations,
+        or the transforms to average.
     prepare
         Raw tile ``(C, *tile)`` (view dtype) to float32 network input (normalisation);
         default: a float32 cast.

@@ -28,7 +28,9 @@ import torch
 from ai4life_kit.errors import UserInputError
 
 __all__ = [
+    "TTA",
     "Job",
+    "TTATransform",
     "TileGrid",
     "core_window",
     "plan_grid",
@@ -97,25 +99,53 @@ def plan_grid(
     return TileGrid(shape=shape, tile=tuple(sizes), halo=halo, counts=tuple(counts))
 
 
-def tta_transforms(
-    spatial_ndim: int,
-) -> list[tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[torch.Tensor], torch.Tensor]]]:
-    """The 8 flips/90-degree rotations of the YX plane as (forward, inverse) pairs."""
-    dims = (-2, -1)
-    pairs = []
-    for k in range(4):
-        for flip in (False, True):
+@dataclass(frozen=True)
+class TTATransform:
+    """One test-time augmentation of the YX plane: ``rotations`` quarter turns, then the flips.
 
-            def fwd(x: torch.Tensor, k: int = k, flip: bool = flip) -> torch.Tensor:
-                x = torch.rot90(x, k, dims)
-                return torch.flip(x, (-1,)) if flip else x
+    ``forward`` maps a batch ``(B, C, *spatial)`` to its augmented view, ``inverse`` maps the
+    network's output back; the last two axes are Y and X (a 3D model's Z is never touched).
+    """
 
-            def inv(x: torch.Tensor, k: int = k, flip: bool = flip) -> torch.Tensor:
-                x = torch.flip(x, (-1,)) if flip else x
-                return torch.rot90(x, -k, dims)
+    rotations: int = 0  # quarter turns in the YX plane (0-3)
+    flips: tuple[int, ...] = ()  # axes flipped after rotating: -2 (Y), -1 (X)
 
-            pairs.append((fwd, inv))
-    return pairs
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.rot90(x, self.rotations, (-2, -1)) if self.rotations else x
+        return torch.flip(x, self.flips) if self.flips else x
+
+    def inverse(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.flip(x, self.flips) if self.flips else x
+        return torch.rot90(x, -self.rotations, (-2, -1)) if self.rotations else x
+
+    def __iter__(self) -> Iterator[Callable[[torch.Tensor], torch.Tensor]]:
+        """``fwd, inv = transform``: unpacks like the (forward, inverse) pairs it replaces."""
+        return iter((self.forward, self.inverse))
+
+
+def tta_transforms(spatial_ndim: int, rotations: bool = True) -> list[TTATransform]:
+    """The test-time augmentations of the YX plane.
+
+    With ``rotations``: the 8 flips/90-degree rotations (the dihedral group). Without: the 4
+    flips (none, X, Y, both), for models that must not be rotated: structN2V learns to ignore
+    noise correlated along one axis, and a rotation turns row-correlated noise into
+    column-correlated noise the network was never taught to ignore. A flip along either axis
+    keeps rows rows and columns columns. The transforms act on the last two axes (Y, X) for
+    ``spatial_ndim`` 2 and 3 alike.
+    """
+    if not rotations:
+        return [TTATransform(0, flips) for flips in ((), (-1,), (-2,), (-2, -1))]
+    return [TTATransform(k, flips) for k in range(4) for flips in ((), (-1,))]
+
+
+TTA = bool | Sequence[TTATransform]
+"""``tta`` arguments: ``False`` (none), ``True`` (all 8), or exactly these transforms."""
+
+
+def _transforms(tta: TTA, spatial_ndim: int) -> Sequence[TTATransform]:
+    if not isinstance(tta, Sequence):
+        return tta_transforms(spatial_ndim) if tta else [TTATransform()]
+    return list(tta) or [TTATransform()]
 
 
 Job = tuple[int, tuple[int, ...]]  # (sample, tile origin in padded coordinates)
@@ -151,7 +181,7 @@ def run_tiles(
     grid: TileGrid,
     batch_size: int,
     device: torch.device,
-    tta: bool = False,
+    tta: TTA = False,
     progress: Callable[[int], None] | None = None,
 ) -> None:
     """Predict tiles batch by batch: the loop shared by in-memory and out-of-core prediction.
@@ -160,9 +190,10 @@ def run_tiles(
     ``write_core(job, window, y)`` receives the tile's core prediction ``(C_out, *window sizes)``
     for the image ``window`` from :func:`core_window`. Only ``batch_size`` tiles are in memory
     at a time. ``progress`` is called with the number of tiles finished after each batch.
+    ``tta``: ``True`` averages the 8 flips/rotations, a sequence of :class:`TTATransform`
+    exactly those (the :class:`~ai4life_kit.prediction.Predictor` passes the ones its model allows).
     """
-    spatial_ndim = len(grid.shape)
-    transforms = tta_transforms(spatial_ndim) if tta else [(lambda x: x, lambda x: x)]
+    transforms = _transforms(tta, len(grid.shape))
 
     def run(batch: torch.Tensor) -> torch.Tensor:
         acc = None
@@ -195,7 +226,7 @@ def predict_tiled(
     grid: TileGrid,
     batch_size: int,
     device: torch.device,
-    tta: bool = False,
+    tta: TTA = False,
     progress: Callable[[int], None] | None = None,
 ) -> np.ndarray:
     """Predict ``images`` of shape ``(S, C, *spatial)`` tile by tile; returns ``(S, out_channels, *spatial)``.
