@@ -100,7 +100,10 @@ def predict(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing output files.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
-    """Denoise images; outputs are float32 images with the input's shape, axes and intensity units."""
+    """Denoise images; outputs are float32 images with the input's shape, axes and intensity units.
+
+    Only load packages you trust: a foreign package's TorchScript or architecture code runs on your machine.
+    """
     import time
 
     import numpy as np
