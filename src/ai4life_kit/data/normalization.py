@@ -32,6 +32,7 @@ __all__ = [
     "check_channel_values",
     "denormalise",
     "normalise",
+    "read_json_object",
     "read_normalization",
 ]
 
