@@ -48,7 +48,9 @@ def build(
     ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the build context (created).")],
     name: Annotated[str | None, typer.Option(help="Image and archive name (default: the --out folder's name).")] = None,
-    tta: Annotated[bool, typer.Option("--tta", help="Bake test-time augmentation (8 flips/rotations) in.")] = False,
+    tta: Annotated[
+        bool, typer.Option("--tta", help="Bake test-time augmentation in (8 flips/rotations; 4 flips for structN2V).")
+    ] = False,
     torch_wheel: Annotated[
         Path | None,
         typer.Option(help="Local torch CPU wheel (cp311) to put in wheels/ (default: found in pip's find-links)."),
@@ -132,7 +134,9 @@ def run(
     ),
     device: Annotated[str, typer.Option(help="cpu, cuda, mps or auto.")] = "cpu",
     tile: Annotated[str | None, typer.Option(help="Network input tile, e.g. 512,512 (default: 512).")] = None,
-    tta: Annotated[bool, typer.Option("--tta", help="Average the 8 flips/rotations (8x slower).")] = False,
+    tta: Annotated[
+        bool, typer.Option("--tta", help="Average the 8 flips/rotations (8x slower; 4 flips for structN2V).")
+    ] = False,
     batch_size: Annotated[int, typer.Option(min=1, help="Tiles per forward pass.")] = 4,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing outputs.")] = False,
     self_test: Annotated[
