@@ -50,7 +50,12 @@ def train(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
     seed: Annotated[int | None, typer.Option(help="Override training.seed.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run in --out.")] = False,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing run directory.")] = False,
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            "--overwrite", help="Replace the run in --out: deletes only the files training wrote, keeps the rest."
+        ),
+    ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Train a U-Net denoiser (N2V, N2V2, structN2V, Noise2Noise or CARE) and write a run directory."""
@@ -100,6 +105,16 @@ def train(
 
     console = Console(stderr=True)
     t0 = time.perf_counter()
-    run_training(resolved, data, target, out, device=device, resume=resume, overwrite=overwrite, progress=not quiet)
+    run_training(
+        resolved,
+        data,
+        target,
+        out,
+        device=device,
+        resume=resume,
+        overwrite=overwrite,
+        progress=not quiet,
+        log=lambda message: console.print(message, markup=False, highlight=False, soft_wrap=True),
+    )
     if launch_rank() == 0:  # under torchrun every process gets here; one line is enough
         console.print(f"Run directory: [bold]{out}[/] ({time.perf_counter() - t0:.1f} s)")

@@ -1,6 +1,6 @@
 """The training loop: read top to bottom.
 
-load data -> normalise -> sampler on the device -> model/optimiser -> (resume) ->
+load data -> normalise -> (replace the old run) -> sampler on the device -> model/optimiser -> (resume) ->
 epochs of [sample, augment, mask, forward, loss, step] -> validate -> checkpoint, log, plot.
 
 Under ``torchrun`` every process runs this same loop on its share of the batch (DDP averages the
@@ -10,23 +10,26 @@ gradients); rank 0 alone validates, writes the run directory and shows progress
 
 from __future__ import annotations
 
+import datetime
 import json
 import math
+import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ai4life_kit import __version__
 from ai4life_kit.config import TrainingSpec, save_spec
 from ai4life_kit.config.spec import StructN2VAlgorithm
 from ai4life_kit.data.augment import augment_batch
-from ai4life_kit.data.loading import load_training_set, make_sampler, split_validation, training_stats
+from ai4life_kit.data.loading import TrainingSet, load_training_set, make_sampler, split_validation, training_stats
 from ai4life_kit.data.masking import MaskSpec, mask_batch
 from ai4life_kit.data.patches import PatchPositions
-from ai4life_kit.errors import DataError, OutputExistsError
-from ai4life_kit.fileio import atomic_write_text, prepare_output_dir
+from ai4life_kit.errors import DataError, ModelLoadError, OutputExistsError, UserInputError
+from ai4life_kit.fileio import atomic_write_text
 from ai4life_kit.models import build_model, model_args
 from ai4life_kit.prediction.predictor import load_checkpoint
 from ai4life_kit.runtime import autocast, channels_last, resolve_device
@@ -35,12 +38,61 @@ from ai4life_kit.training.distributed import DistContext, launch_world_size, loc
 from ai4life_kit.training.progress import EpochProgress
 from ai4life_kit.training.report import plot_losses, read_metrics, write_metrics, write_summary
 
-__all__ = ["train", "is_run_dir"]
+__all__ = ["RUN_ENTRIES", "RUN_MARKER", "train", "is_run_dir"]
+
+RUN_MARKER = "ai4life-kit-run.json"
+"""Written first into every new run directory: what makes a folder one that --overwrite may replace."""
+RUN_ENTRIES = (
+    RUN_MARKER,
+    "spec.yaml",
+    "normalization.json",
+    "checkpoints",
+    "metrics.csv",
+    "loss.png",
+    "training_summary.json",
+)
+"""Everything training writes at the top of a run directory, and so all that --overwrite deletes."""
+
+
+def _read_marker(path: Path) -> dict | None:
+    """The run directory's marker, or ``None`` if ``path`` has none (or one not written by the kit)."""
+    try:
+        marker = json.loads((path / RUN_MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return marker if isinstance(marker, dict) and marker.get("created_by") == "ai4life-kit" else None
+
+
+def _is_kit_checkpoint(path: Path) -> bool:
+    if not path.is_file():
+        return False
+    try:
+        load_checkpoint(path)
+    except ModelLoadError:
+        return False
+    return True
 
 
 def is_run_dir(path: Path) -> bool:
-    """Whether ``path`` looks like a run directory this tool created (safe to replace with --overwrite)."""
-    return (path / "spec.yaml").is_file() or (path / "checkpoints").is_dir()
+    """Whether ``path`` is a run directory this tool created (safe to replace with --overwrite).
+
+    New run directories carry :data:`RUN_MARKER`; those of versions before it are recognised by
+    their ``spec.yaml`` next to an ai4life-kit ``checkpoints/last.pt`` or ``best.pt``. A folder with
+    just a ``checkpoints/`` (a PyTorch Lightning run, say) is not ours.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        return False
+    if _read_marker(path) is not None:
+        return True
+    return (path / "spec.yaml").is_file() and any(
+        _is_kit_checkpoint(path / "checkpoints" / name) for name in ("last.pt", "best.pt")
+    )
+
+
+def _occupied(out: Path) -> bool:
+    """Whether ``out`` holds anything."""
+    return out.exists() and (not out.is_dir() or any(out.iterdir()))
 
 
 def _mask_spec(spec: TrainingSpec) -> MaskSpec | None:
@@ -129,19 +181,85 @@ def _restore_rng(gen: torch.Generator, state: dict, dist: DistContext, seed: int
         gen.manual_seed(_rank_seed(seed, dist.rank, state["epoch"]))
 
 
+def _marker(ts: TrainingSet) -> dict:
+    """:data:`RUN_MARKER`'s content: who made the run, and the files it trains on (what a resume must give)."""
+    return {
+        "created_by": "ai4life-kit",
+        "version": __version__,
+        "created": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "files": [str(p) for p in ts.paths],
+        "target_files": [str(p) for p in ts.target_paths] if ts.target_paths is not None else None,
+        "inputs": _file_entries(ts.paths, ts.axes, ts.shapes, ts.dtypes),
+        "targets": _file_entries(ts.target_paths, ts.target_axes, ts.shapes, ts.target_dtypes)
+        if ts.target_paths is not None
+        else None,
+    }
+
+
+def _clear_run_dir(out: Path, inputs: Sequence[Path]) -> tuple[list[str], list[str]]:
+    """Delete what training wrote into ``out`` (:data:`RUN_ENTRIES`, stale temporary files); keep the rest.
+
+    Returns the names deleted (folders with a trailing ``/``) and the names kept. Refuses, before
+    deleting anything, when one of ``inputs`` (resolved paths) lies in what would be deleted.
+    """
+    root = out.resolve()
+    doomed = [out / name for name in RUN_ENTRIES if (out / name).exists() or (out / name).is_symlink()]
+    doomed += sorted(p for p in out.glob(".*.tmp*") if p not in doomed)  # atomic writes a kill cut short
+    for entry in doomed:
+        where = root / entry.name
+        for path in inputs:
+            if path == where or where in path.parents:
+                raise UserInputError(
+                    f"--overwrite would delete {entry}, which holds the input {path}: "
+                    f"move the data out of {entry} or train into another --out"
+                )
+    deleted = []
+    for entry in doomed:
+        if entry.is_dir() and not entry.is_symlink():  # a link is removed, never what it points to
+            shutil.rmtree(entry)
+            deleted.append(f"{entry.name}/")
+        else:
+            entry.unlink()
+            deleted.append(entry.name)
+    kept = sorted(p.name for p in out.iterdir())
+    return deleted, kept
+
+
 def _prepare_run_dir(
-    out: Path, spec: TrainingSpec, norm: dict, *, resume: bool, resuming: bool, overwrite: bool
+    out: Path,
+    spec: TrainingSpec,
+    ts: TrainingSet,
+    norm: dict[str, list[float]],
+    *,
+    resume: bool,
+    resuming: bool,
+    overwrite: bool,
+    log: Callable[[str], None] | None,
 ) -> None:
-    """Create (or, resuming, tidy) the run directory and write the spec and normalisation (rank 0)."""
+    """Create, replace or (resuming) update the run directory; write spec and normalisation (rank 0)."""
+    out.mkdir(parents=True, exist_ok=True)
     ckpt_dir = out / "checkpoints"
-    if not resume:
-        prepare_output_dir(out, overwrite, is_ours=is_run_dir)
+    if resuming:
+        if _read_marker(out) is None:  # a run of an older version: marked from now on
+            atomic_write_text(out / RUN_MARKER, json.dumps(_marker(ts), indent=2))
+    else:
+        if _occupied(out):
+            if not (resume or overwrite):
+                raise OutputExistsError(f"{out} already exists (use --overwrite to replace it)")
+            if not is_run_dir(out):
+                raise OutputExistsError(f"{out} exists and was not created by ai4life-kit; refusing to delete it")
+            if overwrite:
+                deleted, kept = _clear_run_dir(out, [*ts.paths, *(ts.target_paths or [])])
+                if log is not None:
+                    also = f" (kept: {', '.join(kept)})" if kept else ""
+                    log(f"--overwrite: deleted the old run's {', '.join(deleted)} from {out}{also}")
+        # The marker goes first: a run killed at any later moment can still be replaced with --overwrite.
+        atomic_write_text(out / RUN_MARKER, json.dumps(_marker(ts), indent=2))
+        atomic_write_text(out / "normalization.json", json.dumps(norm, indent=2))
+        save_spec(spec, out / "spec.yaml")
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     for stale_tmp in [*out.glob(".*.tmp*"), *ckpt_dir.glob(".*.tmp*")]:
         stale_tmp.unlink()  # left by a killed run: atomic writes never reached their rename
-    if not resuming:
-        atomic_write_text(out / "normalization.json", json.dumps(norm, indent=2))
-        save_spec(spec, out / "spec.yaml")
 
 
 def _write_epoch(out: Path, last: dict, best: dict | None, rows: list[dict]) -> None:
@@ -179,24 +297,29 @@ def train(
     resume: bool = False,
     overwrite: bool = False,
     progress: bool = True,
+    log: Callable[[str], None] | None = None,
 ) -> Path:
     """Train a denoiser as ``spec`` says and write a run directory to ``out``.
 
     With ``resume`` an interrupted run continues from ``out/checkpoints/last.pt`` (at most the
-    epoch in progress is lost); its saved spec and normalisation are reused. Returns ``out``.
+    epoch in progress is lost); its saved spec and normalisation are reused. With ``overwrite`` an
+    existing run directory is replaced: only what training writes (:data:`RUN_ENTRIES`) is
+    deleted, anything else in ``out`` is kept, and an input inside what would be deleted stops the
+    run. ``log`` receives one-line notes (what ``overwrite`` deleted).
+    Returns ``out``.
 
     Launched by ``torchrun`` with several processes, each process trains on
     ``training.batch_size / processes`` patches per step of its own random stream (DDP) and only
     rank 0 validates and writes; the run directory is the same as a single process would write.
     """
     out = Path(out)
-    last_path = out / "checkpoints" / "last.pt"
-    resuming = resume and last_path.is_file()
-    occupied = out.exists() and (not out.is_dir() or any(out.iterdir()))
-    if resume and occupied and not is_run_dir(out):
-        raise OutputExistsError(f"--resume: {out} is not an ai4life-kit run directory")
-    if not resume and occupied and not overwrite:
-        raise OutputExistsError(f"{out} already exists (use --overwrite to replace it, or --resume to continue it)")
+    if _occupied(out):
+        if not resume and not overwrite:
+            raise OutputExistsError(f"{out} already exists (use --overwrite to replace it, or --resume to continue it)")
+        if not is_run_dir(out):
+            if resume:
+                raise OutputExistsError(f"--resume: {out} is not an ai4life-kit run directory")
+            raise OutputExistsError(f"{out} exists and was not created by ai4life-kit; refusing to delete it")
     if spec.is_self_supervised and target:
         raise DataError(f"{spec.algorithm.name} is self-supervised: it trains on noisy images only; drop --target")
     if not spec.is_self_supervised and not target:
@@ -212,9 +335,9 @@ def train(
             dist,
             local_batch=local_batch,
             resume=resume,
-            resuming=resuming,
             overwrite=overwrite,
             progress=progress,
+            log=log if dist.is_main else None,
         )
 
 
@@ -227,12 +350,13 @@ def _train(
     *,
     local_batch: int,
     resume: bool,
-    resuming: bool,
     overwrite: bool,
     progress: bool,
+    log: Callable[[str], None] | None,
 ) -> Path:
     """:func:`train` once the arguments are checked, in every process of the run."""
     last_path = out / "checkpoints" / "last.pt"
+    resuming = resume and last_path.is_file()
     # Everything that can reject the data happens before the run directory is touched.
     dev = dist.device
     dims = spec.data.dims
@@ -259,7 +383,17 @@ def _train(
     # Rank 0 creates or replaces the run directory only once every rank has passed the checks above
     # (no rank may find the fresh directory and call it "already exists"); the others go on once it exists.
     dist.barrier()
-    dist.run_on_main(_prepare_run_dir, out, spec, norm, resume=resume, resuming=resuming, overwrite=overwrite)
+    dist.run_on_main(
+        _prepare_run_dir,
+        out,
+        spec,
+        ts,
+        norm,
+        resume=resume,
+        resuming=resuming,
+        overwrite=overwrite,
+        log=log,
+    )
     cfg = spec.training
     torch.manual_seed(cfg.seed)
     layout = channels_last(dims)

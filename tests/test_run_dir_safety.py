@@ -1,0 +1,160 @@
+"""Run directories are safe to reuse: --overwrite deletes only what the kit wrote."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import NamedTuple
+
+import pytest
+
+from ai4life_kit.config import save_spec
+from ai4life_kit.simulate import simulate_dataset
+from kit_helpers import invoke, run_cli, small_spec
+
+MARKER = "ai4life-kit-run.json"
+# One core per process: the machine running the tests is shared.
+ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def tiny_spec(**overrides):
+    """Seconds per training: a width-8 U-Net, 2 steps of 4 patches an epoch."""
+    base = {
+        "model__width": 8,
+        "training__epochs": 1,
+        "training__steps_per_epoch": 2,
+        "training__batch_size": 4,
+        "training__val_patches": 4,
+    }
+    return small_spec("n2v2", **{**base, **overrides})
+
+
+@pytest.fixture(scope="module")
+def sim(tmp_path_factory):
+    return simulate_dataset(tmp_path_factory.mktemp("safety") / "sim", shape=(64, 64), n=2, peak=20.0, seed=11)
+
+
+@pytest.fixture(scope="module")
+def spec_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("spec") / "n2v2.yaml"
+    save_spec(tiny_spec(), path)
+    return path
+
+
+class Outcome(NamedTuple):
+    returncode: int
+    stderr: str
+
+
+def train_cli(spec_file, data, out, *extra) -> Outcome:
+    """``ai4life-kit train`` in this process (no interpreter and torch start-up per call)."""
+    result = invoke("train", spec_file, "--data", data, "--out", out, "--device", "cpu", "-q", *extra)
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return Outcome(result.exit_code, result.stderr)
+
+
+def train_process(spec_file, data, out, *extra) -> subprocess.CompletedProcess:
+    """``ai4life-kit train`` as a process of its own (another pid: what a second user starts)."""
+    return run_cli("train", spec_file, "--data", data, "--out", out, "--device", "cpu", "-q", *extra, env=ONE_THREAD)
+
+
+def expect_user_error(result, *fragments):
+    """Exit 2, one line on stderr, no traceback, every fragment in it; returns the line."""
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """``relative path -> bytes`` of every file below ``folder``."""
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def run(tmp_path, sim, spec_file):
+    """A finished one-epoch run directory of ``sim['noisy'][0]``."""
+    out = tmp_path / "run"
+    result = train_cli(spec_file, sim["noisy"][0], out)
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. --overwrite deletes only what the kit wrote
+# ---------------------------------------------------------------------------------------------
+def test_new_run_dir_is_marked(run, sim):
+    marker = json.loads((run / MARKER).read_text())
+    assert marker["created_by"] == "ai4life-kit"
+    assert marker["files"] == [str(sim["noisy"][0].resolve())]
+
+
+def test_overwrite_keeps_data_and_notes_inside_the_old_run(run, sim, spec_file):
+    """The issue's case: ``--data R/mydata --out R --overwrite`` exited 0 and R/mydata was gone."""
+    mydata = run / "mydata"
+    mydata.mkdir()
+    for path in sim["noisy"]:
+        shutil.copy(path, mydata / path.name)
+    (run / "notes.txt").write_text("precious")
+    before = snapshot(mydata)
+    result = train_process(spec_file, mydata, run, "--overwrite")
+    assert result.returncode == 0, result.stderr
+    assert snapshot(mydata) == before
+    assert (run / "notes.txt").read_text() == "precious"
+    assert (run / "checkpoints" / "best.pt").is_file()
+    assert json.loads((run / "training_summary.json").read_text())["files"] == [
+        str((mydata / p.name).resolve()) for p in sim["noisy"]
+    ]
+    said = [line for line in result.stderr.splitlines() if "deleted" in line]
+    assert len(said) == 1, result.stderr
+    for name in ("spec.yaml", "normalization.json", "checkpoints/", "metrics.csv", "training_summary.json", MARKER):
+        assert name in said[0], said[0]
+    assert "mydata" in said[0] and "notes.txt" in said[0]  # named as kept
+
+
+def test_overwrite_refuses_to_delete_an_input(run, sim, spec_file):
+    """An input inside a folder the kit would delete (checkpoints/) stops the run; nothing is touched."""
+    inside = run / "checkpoints" / "extra.tif"
+    shutil.copy(sim["noisy"][1], inside)
+    before = snapshot(run)
+    line = expect_user_error(train_cli(spec_file, inside, run, "--overwrite"), "checkpoints", "extra.tif")
+    assert "--overwrite" in line
+    assert snapshot(run) == before
+
+
+def test_a_folder_with_just_checkpoints_is_not_ours(tmp_path, sim, spec_file):
+    """A PyTorch Lightning run (checkpoints/ and nothing of ours) must not be deleted by --overwrite."""
+    lightning = tmp_path / "lightning_logs"
+    (lightning / "checkpoints").mkdir(parents=True)
+    (lightning / "checkpoints" / "epoch=3-step=400.ckpt").write_bytes(b"weights of a week")
+    (lightning / "hparams.yaml").write_text("lr: 0.001\n")
+    before = snapshot(lightning)
+    for extra in (["--overwrite"], ["--resume"]):
+        expect_user_error(train_cli(spec_file, sim["noisy"][0], lightning, *extra), "not")
+        assert snapshot(lightning) == before
+
+
+def test_overwrite_replaces_a_run_of_an_older_version(run, sim, spec_file):
+    """No marker (older versions wrote none), but spec.yaml and a kit checkpoint: still replaceable."""
+    (run / MARKER).unlink(missing_ok=True)  # missing_ok: the same test runs against the code before the marker
+    result = train_cli(spec_file, sim["noisy"][1], run, "--overwrite")
+    assert result.returncode == 0, result.stderr
+    assert (run / MARKER).is_file()
+    assert json.loads((run / "training_summary.json").read_text())["files"] == [str(sim["noisy"][1].resolve())]
+
+
+def test_spec_and_a_foreign_checkpoint_are_not_ours(run, sim, spec_file):
+    """spec.yaml plus a checkpoints/last.pt that is not an ai4life-kit checkpoint: refused."""
+    (run / MARKER).unlink(missing_ok=True)  # missing_ok: the same test runs against the code before the marker
+    (run / "checkpoints" / "best.pt").unlink()
+    (run / "checkpoints" / "last.pt").write_bytes(b"somebody else's weights")
+    before = snapshot(run)
+    expect_user_error(train_cli(spec_file, sim["noisy"][0], run, "--overwrite"), "not created by ai4life-kit")
+    assert snapshot(run) == before
