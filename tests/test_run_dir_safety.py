@@ -1,4 +1,5 @@
-"""Run directories are safe to reuse: --overwrite deletes only what the kit wrote."""
+"""Run directories are safe to reuse: --overwrite deletes only what the kit wrote, --resume continues the
+same run or refuses."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from pathlib import Path
 from typing import NamedTuple
 
 import pytest
+import torch
+import yaml
 
 from ai4life_kit.config import save_spec
 from ai4life_kit.simulate import simulate_dataset
@@ -158,3 +161,71 @@ def test_spec_and_a_foreign_checkpoint_are_not_ours(run, sim, spec_file):
     before = snapshot(run)
     expect_user_error(train_cli(spec_file, sim["noisy"][0], run, "--overwrite"), "not created by ai4life-kit")
     assert snapshot(run) == before
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. --resume continues the same run, or refuses
+# ---------------------------------------------------------------------------------------------
+def test_resume_writes_longer_training_to_spec(run, sim, spec_file):
+    result = train_cli(spec_file, sim["noisy"][0], run, "--resume", "--epochs", "2")
+    assert result.returncode == 0, result.stderr
+    assert yaml.safe_load((run / "spec.yaml").read_text())["training"]["epochs"] == 2
+    assert torch.load(run / "checkpoints" / "last.pt", weights_only=True)["epoch"] == 2
+
+
+def test_resume_with_the_runs_own_spec(run, sim, tmp_path):
+    """``train R/spec.yaml ... --resume`` continues the run as it was recorded."""
+    own = tmp_path / "own.yaml"
+    shutil.copy(run / "spec.yaml", own)
+    result = train_cli(own, sim["noisy"][0], run, "--resume", "--epochs", "2")
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize(
+    ("extra", "fragments"),
+    [
+        (["--data", "OTHER"], ["--data", "img_001.tif", "img_000.tif"]),
+        (["--batch-size", "8"], ["training.batch_size 8 (run: 4)"]),
+        (["--patch-size", "16,16"], ["data.patch_size [16, 16] (run: [32, 32])"]),
+        (["--seed", "7"], ["training.seed 7 (run: 42)"]),
+        (["--val-fraction", "0.5"], ["data.val_fraction 0.5 (run: 0.1)"]),
+        (["SPEC"], ["model.width 16 (run: 8)"]),
+    ],
+    ids=["other-data", "batch", "patch", "seed", "val-fraction", "other-spec"],
+)
+def test_resume_refuses_another_run(run, sim, spec_file, tmp_path, extra, fragments):
+    """Other data, another recipe: exit 2 naming what differs; the run directory stays as it was."""
+    spec = spec_file
+    data = sim["noisy"][0]
+    if extra == ["--data", "OTHER"]:
+        data, extra = sim["noisy"][1], []
+    if extra == ["SPEC"]:
+        spec, extra = tmp_path / "wider.yaml", []
+        save_spec(tiny_spec(model__width=16), spec)
+    before = snapshot(run)
+    expect_user_error(train_cli(spec, data, run, "--resume", "--epochs", "2", *extra), "--resume", *fragments)
+    assert snapshot(run) == before  # summary, spec, checkpoints and metrics untouched
+
+
+def test_resume_cannot_go_below_the_epochs_trained(run, sim, spec_file):
+    assert train_cli(spec_file, sim["noisy"][0], run, "--resume", "--epochs", "2").returncode == 0
+    before = snapshot(run)
+    expect_user_error(train_cli(spec_file, sim["noisy"][0], run, "--resume", "--epochs", "1"), "2 epochs")
+    assert snapshot(run) == before
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("{not json", "not valid JSON"),
+        ('{"mean": [1.0], "std": [0.0], "target_mean": [1.0], "target_std": [1.0]}', "positive"),
+        ('{"mean": [1.0], "std": [-2.0], "target_mean": [1.0], "target_std": [1.0]}', "positive"),
+        ('{"mean": [1.0], "std": [NaN], "target_mean": [1.0], "target_std": [1.0]}', "NaN"),
+        ('{"std": [1.0], "target_mean": [1.0], "target_std": [1.0]}', "'mean' must be a list of numbers"),
+    ],
+    ids=["garbage", "std0", "negative", "nan", "missing"],
+)
+def test_resume_validates_normalization(run, sim, spec_file, text, fragment):
+    (run / "normalization.json").write_text(text)
+    result = train_cli(spec_file, sim["noisy"][0], run, "--resume", "--epochs", "2")
+    expect_user_error(result, "normalization.json", fragment)

@@ -49,7 +49,14 @@ def train(
     ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
     seed: Annotated[int | None, typer.Option(help="Override training.seed.")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run in --out.")] = False,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume",
+            help="Continue the run in --out: same spec and data; only --epochs (and early stopping, "
+            "compile, loading) may change.",
+        ),
+    ] = False,
     overwrite: Annotated[
         bool,
         typer.Option(
@@ -80,9 +87,9 @@ def train(
     if resume and overwrite:
         raise UserInputError("--resume and --overwrite exclude each other")
 
-    saved = out / "spec.yaml"
-    base = load_spec(saved) if resume and saved.is_file() else load_spec(spec)
-    raw = base.model_dump(mode="json")
+    # Also on --resume the command's own spec and overrides: the training loop checks them against the
+    # run's spec.yaml and refuses what a resume may not change, instead of ignoring a different spec.
+    raw = load_spec(spec).model_dump(mode="json")
     overrides = {
         ("training", "epochs"): epochs,
         ("training", "steps_per_epoch"): steps_per_epoch,

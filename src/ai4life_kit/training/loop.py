@@ -1,6 +1,7 @@
 """The training loop: read top to bottom.
 
-load data -> normalise -> (replace the old run) -> sampler on the device -> model/optimiser -> (resume) ->
+load data -> normalise -> (replace, or check a resume against, the old run)
+-> sampler on the device -> model/optimiser -> (resume) ->
 epochs of [sample, augment, mask, forward, loss, step] -> validate -> checkpoint, log, plot.
 
 Under ``torchrun`` every process runs this same loop on its share of the batch (DDP averages the
@@ -10,6 +11,7 @@ gradients); rank 0 alone validates, writes the run directory and shows progress
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import math
@@ -17,16 +19,18 @@ import shutil
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from ai4life_kit import __version__
-from ai4life_kit.config import TrainingSpec, save_spec
+from ai4life_kit.config import TrainingSpec, load_spec, save_spec
 from ai4life_kit.config.spec import StructN2VAlgorithm
 from ai4life_kit.data.augment import augment_batch
 from ai4life_kit.data.loading import TrainingSet, load_training_set, make_sampler, split_validation, training_stats
 from ai4life_kit.data.masking import MaskSpec, mask_batch
+from ai4life_kit.data.normalization import read_json_object, read_normalization
 from ai4life_kit.data.patches import PatchPositions
 from ai4life_kit.errors import DataError, ModelLoadError, OutputExistsError, UserInputError
 from ai4life_kit.fileio import atomic_write_text
@@ -38,7 +42,7 @@ from ai4life_kit.training.distributed import DistContext, launch_world_size, loc
 from ai4life_kit.training.progress import EpochProgress
 from ai4life_kit.training.report import plot_losses, read_metrics, write_metrics, write_summary
 
-__all__ = ["RUN_ENTRIES", "RUN_MARKER", "train", "is_run_dir"]
+__all__ = ["RESUME_MAY_CHANGE", "RUN_ENTRIES", "RUN_MARKER", "train", "is_run_dir"]
 
 RUN_MARKER = "ai4life-kit-run.json"
 """Written first into every new run directory: what makes a folder one that --overwrite may replace."""
@@ -52,6 +56,17 @@ RUN_ENTRIES = (
     "training_summary.json",
 )
 """Everything training writes at the top of a run directory, and so all that --overwrite deletes."""
+RESUME_MAY_CHANGE = (
+    "training.epochs",
+    "training.early_stopping_patience",
+    "training.compile",
+    "data.loading",
+    "data.cache_mb",
+    "name",
+    "description",
+)
+"""Spec fields a resume may change: how long to train and how to read the data, never what is learnt
+(the data files, model, patches, batches, validation, seed, optimiser and precision stay the run's)."""
 
 
 def _read_marker(path: Path) -> dict | None:
@@ -225,6 +240,115 @@ def _clear_run_dir(out: Path, inputs: Sequence[Path]) -> tuple[list[str], list[s
     return deleted, kept
 
 
+def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _spec_differences(run: TrainingSpec, spec: TrainingSpec) -> list[str]:
+    """``key new (run: old)`` for every field a resume may not change but ``spec`` does."""
+    old, new = _flatten(run.model_dump(mode="json")), _flatten(spec.model_dump(mode="json"))
+    missing = object()
+    diffs = []
+    for key in dict.fromkeys([*old, *new]):  # both specs' fields, in the spec's order
+        a, b = old.get(key, missing), new.get(key, missing)
+        if key not in RESUME_MAY_CHANGE and a != b:
+            diffs.append(f"{key} {'unset' if b is missing else repr(b)} (run: {'unset' if a is missing else repr(a)})")
+    return diffs
+
+
+def _names(paths: Sequence[str], full: set[str] | frozenset[str] = frozenset()) -> str:
+    """Up to three file names (the whole path for a name in ``full``), then how many more."""
+    names = [p if Path(p).name in full else Path(p).name for p in paths]
+    return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+
+
+def _file_differences(option: str, run: Sequence[str] | None, run_entries: list | None, given: list[dict]) -> list[str]:
+    """How the files ``option`` resolved to (``given``: :func:`_file_entries`) differ from the run's."""
+    run = list(run or [])
+    paths = [e["path"] for e in given]
+    if run == paths:
+        # The same names; a cheap check that they hold the same images (shape, dtype) as when the run read them.
+        before = {e.get("path"): e for e in run_entries or [] if isinstance(e, dict)}
+        changed = [
+            e["path"]
+            for e in given
+            if e["path"] in before
+            and (before[e["path"]].get("shape"), before[e["path"]].get("dtype")) != (e["shape"], e["dtype"])
+        ]
+        return [f"{option} {_names(changed)} changed since the run read them (shape or dtype)"] if changed else []
+    if sorted(run) == sorted(paths):
+        return [f"{option} gives the run's files in another order"]
+    added = [p for p in paths if p not in run]
+    lacking = [p for p in run if p not in paths]
+    # A name on both sides (the same images copied elsewhere) is told apart by its whole path.
+    both = {Path(p).name for p in added} & {Path(p).name for p in lacking}
+    parts = [f"has {_names(added, both)}, not in the run"] if added else []
+    parts += [f"lacks the run's {_names(lacking, both)}"] if lacking else []
+    return [f"{option} {' and '.join(parts)}"]
+
+
+def _recorded_files(out: Path) -> dict | None:
+    """The files the run trained on: from its marker, else from the summary of a version that recorded them."""
+    marker = _read_marker(out)
+    if marker is not None and "files" in marker:
+        return marker
+    summary = read_json_object(out / "training_summary.json", required=False)
+    # Before data_arguments existed, "files" held the raw arguments (a folder, a glob), not the files.
+    return summary if "data_arguments" in summary else None
+
+
+def _check_resume(
+    out: Path, spec: TrainingSpec, ts: TrainingSet, log: Callable[[str], None] | None
+) -> dict[str, list[float]]:
+    """Refuse a resume that would not continue the same run; return the run's validated normalisation.
+
+    A resume may extend training (:data:`RESUME_MAY_CHANGE`); the data files, their order and the
+    rest of the recipe must be the run's, or the old weights and normalisation would meet new data
+    and "best" would no longer compare like with like.
+    """
+    problems = []
+    recorded = _recorded_files(out)
+    if recorded is None:
+        if log is not None:
+            log(f"Warning: {out} records no training files (an older version made it): --data is not checked")
+    else:
+        given = _file_entries(ts.paths, ts.axes, ts.shapes, ts.dtypes)
+        problems += _file_differences("--data", recorded.get("files"), recorded.get("inputs"), given)
+        if ts.target_paths is not None or recorded.get("target_files"):
+            given = (
+                _file_entries(ts.target_paths, ts.target_axes, ts.shapes, ts.target_dtypes)
+                if ts.target_paths is not None
+                else []
+            )
+            problems += _file_differences("--target", recorded.get("target_files"), recorded.get("targets"), given)
+    problems += _spec_differences(load_spec(out / "spec.yaml"), spec)
+    if problems:
+        raise UserInputError(
+            f"--resume: this command is not the run in {out}: {'; '.join(problems)} "
+            f"(a resume may change only {', '.join(RESUME_MAY_CHANGE)}; give {out / 'spec.yaml'} as the spec "
+            "to continue the run as it was)"
+        )
+    done = load_checkpoint(out / "checkpoints" / "last.pt")["epoch"]
+    if spec.training.epochs < done:
+        raise UserInputError(
+            f"--resume: training.epochs {spec.training.epochs} is below the {done} epochs the run in {out} "
+            "has trained already"
+        )
+    norm_path = out / "normalization.json"
+    if not norm_path.is_file():
+        raise ModelLoadError(
+            f"--resume: {norm_path} is missing: the checkpoints need the normalisation they were trained with"
+        )
+    norm = read_normalization(norm_path, ts.n_channels, ts.n_channels)
+    return dataclasses.asdict(norm)
+
+
 def _prepare_run_dir(
     out: Path,
     spec: TrainingSpec,
@@ -239,9 +363,10 @@ def _prepare_run_dir(
     """Create, replace or (resuming) update the run directory; write spec and normalisation (rank 0)."""
     out.mkdir(parents=True, exist_ok=True)
     ckpt_dir = out / "checkpoints"
-    if resuming:
+    if resuming:  # checked against the run by every rank (_check_resume)
         if _read_marker(out) is None:  # a run of an older version: marked from now on
             atomic_write_text(out / RUN_MARKER, json.dumps(_marker(ts), indent=2))
+        save_spec(spec, out / "spec.yaml")  # what the resume changed (epochs, ...), recorded
     else:
         if _occupied(out):
             if not (resume or overwrite):
@@ -302,7 +427,9 @@ def train(
     """Train a denoiser as ``spec`` says and write a run directory to ``out``.
 
     With ``resume`` an interrupted run continues from ``out/checkpoints/last.pt`` (at most the
-    epoch in progress is lost); its saved spec and normalisation are reused. With ``overwrite`` an
+    epoch in progress is lost) with its saved normalisation. ``spec`` and the data must be the
+    run's, except for the fields in :data:`RESUME_MAY_CHANGE` (``training.epochs`` no lower than
+    the epochs trained); the changes are written to ``out/spec.yaml``. With ``overwrite`` an
     existing run directory is replaced: only what training writes (:data:`RUN_ENTRIES`) is
     deleted, anything else in ``out`` is kept, and an input inside what would be deleted stops the
     run. ``log`` receives one-line notes (what ``overwrite`` deleted).
@@ -365,12 +492,12 @@ def _train(
         raise DataError(f"the spec says data.n_channels={spec.data.n_channels} but the images have {ts.n_channels}")
     spec = spec.model_copy(deep=True)
     spec.data.n_channels = ts.n_channels
+    if resuming:
+        # Every rank reads the same run directory and comes to the same verdict.
+        norm = _check_resume(out, spec, ts, log)
     patch = spec.data.patch_size
     train_set, val_set = split_validation(ts, spec.data.val_fraction, patch)
-    norm_path = out / "normalization.json"
-    if resuming and norm_path.is_file():
-        norm = json.loads(norm_path.read_text())
-    else:
+    if not resuming:
         mean, std = training_stats(train_set.images, train_set.names)
         t_mean, t_std = (mean, std)
         if train_set.targets is not None:
