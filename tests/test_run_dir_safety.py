@@ -1,12 +1,16 @@
 """Run directories are safe to reuse: --overwrite deletes only what the kit wrote, --resume continues the
-same run or refuses."""
+same run or refuses, and two trainings never write into one run directory at the same time."""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
+import signal
+import socket
 import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import NamedTuple
 
@@ -19,6 +23,7 @@ from ai4life_kit.simulate import simulate_dataset
 from kit_helpers import invoke, run_cli, small_spec
 
 MARKER = "ai4life-kit-run.json"
+LOCK = ".ai4life-kit.lock"
 # One core per process: the machine running the tests is shared.
 ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
 
@@ -93,10 +98,11 @@ def run(tmp_path, sim, spec_file):
 # ---------------------------------------------------------------------------------------------
 # 1. --overwrite deletes only what the kit wrote
 # ---------------------------------------------------------------------------------------------
-def test_new_run_dir_is_marked(run, sim):
+def test_new_run_dir_is_marked_and_unlocked(run, sim):
     marker = json.loads((run / MARKER).read_text())
     assert marker["created_by"] == "ai4life-kit"
     assert marker["files"] == [str(sim["noisy"][0].resolve())]
+    assert not (run / LOCK).exists()  # the lock lives only as long as the training
 
 
 def test_overwrite_keeps_data_and_notes_inside_the_old_run(run, sim, spec_file):
@@ -229,3 +235,89 @@ def test_resume_validates_normalization(run, sim, spec_file, text, fragment):
     (run / "normalization.json").write_text(text)
     result = train_cli(spec_file, sim["noisy"][0], run, "--resume", "--epochs", "2")
     expect_user_error(result, "normalization.json", fragment)
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. One training at a time per run directory
+# ---------------------------------------------------------------------------------------------
+def _start_long_training(spec_file: Path, data: Path, out: Path) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "ai4life_kit", "train", str(spec_file), "--data", str(data), "--out", str(out)]
+    cmd += ["--device", "cpu", "-q", "--epochs", "100000"]
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ONE_THREAD)
+
+
+def _wait_for_epochs(out: Path, proc: subprocess.Popen, n: int) -> None:
+    deadline = time.time() + 180
+    metrics = out / "metrics.csv"
+    while time.time() < deadline:
+        if metrics.is_file() and len(metrics.read_text().strip().splitlines()) > n:
+            return
+        assert proc.poll() is None, "the training stopped early"
+        time.sleep(0.05)
+    pytest.fail(f"the training did not finish {n} epochs in time")
+
+
+def test_a_second_training_on_a_busy_run_dir_fails_at_once(tmp_path, sim, spec_file):
+    """Two trainings on one directory: the second stops with the holder's pid and host; a kill frees it."""
+    out = tmp_path / "busy"
+    proc = _start_long_training(spec_file, sim["noisy"][0], out)
+    try:
+        _wait_for_epochs(out, proc, 1)
+        for extra in (["--resume", "--epochs", "100000"], ["--overwrite"]):
+            t0 = time.perf_counter()
+            result = train_process(spec_file, sim["noisy"][0], out, *extra)
+            line = expect_user_error(result, f"pid {proc.pid}", socket.gethostname())
+            assert "in use" in line
+            assert time.perf_counter() - t0 < 60
+            assert proc.poll() is None  # the first run goes on
+        assert (out / "checkpoints" / "best.pt").is_file()
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert (out / LOCK).is_file()  # left by the killed process...
+    done = torch.load(out / "checkpoints" / "last.pt", weights_only=True)["epoch"]
+    result = train_cli(spec_file, sim["noisy"][0], out, "--resume", "--epochs", str(done + 1))
+    assert result.returncode == 0, result.stderr  # ...but the kernel released its lock
+    assert not (out / LOCK).exists()
+
+
+def test_lock_names_its_holder_and_goes_away(tmp_path):
+    from ai4life_kit.errors import UserInputError
+    from ai4life_kit.fileio import DirLock
+
+    first, second = DirLock(tmp_path / LOCK), DirLock(tmp_path / LOCK)
+    first.acquire()
+    first.acquire()  # taking a held lock again is a no-op
+    with pytest.raises(UserInputError, match=rf"in use .*pid {os.getpid()} on {socket.gethostname()}"):
+        second.acquire()
+    first.release()
+    assert not (tmp_path / LOCK).exists()
+    with second:
+        assert json.loads((tmp_path / LOCK).read_text())["pid"] == os.getpid()
+    assert not (tmp_path / LOCK).exists()
+
+
+@pytest.mark.slow
+def test_torchrun_ranks_stop_together_on_a_busy_run_dir(run, sim, spec_file):
+    """Under torchrun rank 0 alone takes the lock; when it is held every rank stops with the one line."""
+    from ai4life_kit.fileio import DirLock
+
+    before = snapshot(run)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone"]
+    cmd += ["-m", "ai4life_kit", "train", str(spec_file), "--data", str(sim["noisy"][0]), "--out", str(run)]
+    cmd += ["--device", "cpu", "-q", "--resume", "--epochs", "2"]
+    with DirLock(run / LOCK):
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=ONE_THREAD)
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if f"pid {os.getpid()}" in line]
+    assert len(errors) == 2, result.stderr  # one line from each rank, no hang
+    assert "ai4life_kit/" not in result.stderr
+    assert snapshot(run) == before
+    # ...and with the lock free, the two ranks train under rank 0's lock and leave none behind.
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=ONE_THREAD)
+    assert result.returncode == 0, result.stderr
+    assert torch.load(run / "checkpoints" / "last.pt", weights_only=True)["epoch"] == 2
+    assert not (run / LOCK).exists()

@@ -1,6 +1,6 @@
 """The training loop: read top to bottom.
 
-load data -> normalise -> (replace, or check a resume against, the old run)
+lock the run directory -> load data -> normalise -> (replace, or check a resume against, the old run)
 -> sampler on the device -> model/optimiser -> (resume) ->
 epochs of [sample, augment, mask, forward, loss, step] -> validate -> checkpoint, log, plot.
 
@@ -33,7 +33,7 @@ from ai4life_kit.data.masking import MaskSpec, mask_batch
 from ai4life_kit.data.normalization import read_json_object, read_normalization
 from ai4life_kit.data.patches import PatchPositions
 from ai4life_kit.errors import DataError, ModelLoadError, OutputExistsError, UserInputError
-from ai4life_kit.fileio import atomic_write_text
+from ai4life_kit.fileio import DirLock, atomic_write_text
 from ai4life_kit.models import build_model, model_args
 from ai4life_kit.prediction.predictor import load_checkpoint
 from ai4life_kit.runtime import autocast, channels_last, resolve_device
@@ -42,10 +42,12 @@ from ai4life_kit.training.distributed import DistContext, launch_world_size, loc
 from ai4life_kit.training.progress import EpochProgress
 from ai4life_kit.training.report import plot_losses, read_metrics, write_metrics, write_summary
 
-__all__ = ["RESUME_MAY_CHANGE", "RUN_ENTRIES", "RUN_MARKER", "train", "is_run_dir"]
+__all__ = ["RESUME_MAY_CHANGE", "RUN_ENTRIES", "RUN_LOCK", "RUN_MARKER", "train", "is_run_dir"]
 
 RUN_MARKER = "ai4life-kit-run.json"
 """Written first into every new run directory: what makes a folder one that --overwrite may replace."""
+RUN_LOCK = ".ai4life-kit.lock"
+"""Held (``flock``) by the one process that trains into a run directory; deleted when it is done."""
 RUN_ENTRIES = (
     RUN_MARKER,
     "spec.yaml",
@@ -106,8 +108,8 @@ def is_run_dir(path: Path) -> bool:
 
 
 def _occupied(out: Path) -> bool:
-    """Whether ``out`` holds anything."""
-    return out.exists() and (not out.is_dir() or any(out.iterdir()))
+    """Whether ``out`` holds anything: a lock file left by a killed run does not count."""
+    return out.exists() and (not out.is_dir() or any(p.name != RUN_LOCK for p in out.iterdir()))
 
 
 def _mask_spec(spec: TrainingSpec) -> MaskSpec | None:
@@ -236,7 +238,7 @@ def _clear_run_dir(out: Path, inputs: Sequence[Path]) -> tuple[list[str], list[s
         else:
             entry.unlink()
             deleted.append(entry.name)
-    kept = sorted(p.name for p in out.iterdir())
+    kept = sorted(p.name for p in out.iterdir() if p.name != RUN_LOCK)
     return deleted, kept
 
 
@@ -349,21 +351,40 @@ def _check_resume(
     return dataclasses.asdict(norm)
 
 
+def _lock_if_present(out: Path, lock: DirLock) -> None:
+    """Lock an existing ``out`` before the data are read (rank 0).
+
+    A run in progress there stops this one at once, not after loading its data, and the directory
+    cannot change under the resume checks. A new ``out`` is locked once created (:func:`_prepare_run_dir`).
+    """
+    if out.is_dir():
+        lock.acquire()
+
+
 def _prepare_run_dir(
     out: Path,
     spec: TrainingSpec,
     ts: TrainingSet,
     norm: dict[str, list[float]],
+    lock: DirLock,
     *,
     resume: bool,
     resuming: bool,
     overwrite: bool,
     log: Callable[[str], None] | None,
 ) -> None:
-    """Create, replace or (resuming) update the run directory; write spec and normalisation (rank 0)."""
+    """Lock, then create, replace or (resuming) update the run directory; write spec and normalisation (rank 0).
+
+    A new ``out`` is locked here, once created (an existing one already is, :func:`_lock_if_present`).
+    Everything is decided again under the lock: another process may have written ``out`` since
+    :func:`train` looked at it.
+    """
     out.mkdir(parents=True, exist_ok=True)
+    lock.acquire()
     ckpt_dir = out / "checkpoints"
-    if resuming:  # checked against the run by every rank (_check_resume)
+    if resume and not resuming and (ckpt_dir / "last.pt").is_file():
+        raise OutputExistsError(f"another ai4life-kit process wrote {out} meanwhile: run the command again")
+    if resuming:  # checked against the run by every rank (_check_resume), under this very lock
         if _read_marker(out) is None:  # a run of an older version: marked from now on
             atomic_write_text(out / RUN_MARKER, json.dumps(_marker(ts), indent=2))
         save_spec(spec, out / "spec.yaml")  # what the resume changed (epochs, ...), recorded
@@ -432,7 +453,8 @@ def train(
     the epochs trained); the changes are written to ``out/spec.yaml``. With ``overwrite`` an
     existing run directory is replaced: only what training writes (:data:`RUN_ENTRIES`) is
     deleted, anything else in ``out`` is kept, and an input inside what would be deleted stops the
-    run. ``log`` receives one-line notes (what ``overwrite`` deleted).
+    run. One process at a time trains into ``out`` (a lock, :data:`RUN_LOCK`); a second one fails
+    at once naming the first. ``log`` receives one-line notes (what ``overwrite`` deleted).
     Returns ``out``.
 
     Launched by ``torchrun`` with several processes, each process trains on
@@ -453,19 +475,24 @@ def train(
         raise DataError(f"{spec.algorithm.name} needs --target images (clean for CARE, a second noisy set for n2n)")
     # Checked before the processes connect: a wrong recipe fails at once, the same way on every rank.
     local_batch = local_batch_size(spec.training.batch_size, launch_world_size())
-    with DistContext.from_env(resolve_device(device)) as dist:
-        return _train(
-            spec,
-            data,
-            target,
-            out,
-            dist,
-            local_batch=local_batch,
-            resume=resume,
-            overwrite=overwrite,
-            progress=progress,
-            log=log if dist.is_main else None,
-        )
+    lock = DirLock(out / RUN_LOCK)
+    try:
+        with DistContext.from_env(resolve_device(device)) as dist:
+            return _train(
+                spec,
+                data,
+                target,
+                out,
+                dist,
+                lock,
+                local_batch=local_batch,
+                resume=resume,
+                overwrite=overwrite,
+                progress=progress,
+                log=log if dist.is_main else None,
+            )
+    finally:
+        lock.release()  # taken by rank 0 alone: a no-op in the other processes
 
 
 def _train(
@@ -474,6 +501,7 @@ def _train(
     target: Sequence[str | Path] | None,
     out: Path,
     dist: DistContext,
+    lock: DirLock,
     *,
     local_batch: int,
     resume: bool,
@@ -483,7 +511,10 @@ def _train(
 ) -> Path:
     """:func:`train` once the arguments are checked, in every process of the run."""
     last_path = out / "checkpoints" / "last.pt"
-    resuming = resume and last_path.is_file()
+    # Rank 0 looks and decides for every rank: a directory appearing meanwhile must not make one rank
+    # skip a collective (or a resume) that another makes.
+    dist.run_on_main(_lock_if_present, out, lock)
+    resuming = bool(dist.broadcast_object(resume and last_path.is_file() if dist.is_main else None))
     # Everything that can reject the data happens before the run directory is touched.
     dev = dist.device
     dims = spec.data.dims
@@ -493,7 +524,7 @@ def _train(
     spec = spec.model_copy(deep=True)
     spec.data.n_channels = ts.n_channels
     if resuming:
-        # Every rank reads the same run directory and comes to the same verdict.
+        # Every rank reads the same run directory (locked) and comes to the same verdict.
         norm = _check_resume(out, spec, ts, log)
     patch = spec.data.patch_size
     train_set, val_set = split_validation(ts, spec.data.val_fraction, patch)
@@ -516,6 +547,7 @@ def _train(
         spec,
         ts,
         norm,
+        lock,
         resume=resume,
         resuming=resuming,
         overwrite=overwrite,
