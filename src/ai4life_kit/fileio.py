@@ -26,6 +26,7 @@ except ImportError:  # Windows: no flock; DirLock then only records who runs, it
 
 __all__ = [
     "DirLock",
+    "waiting_lock",
     "apply_umask_mode",
     "umask_file_mode",
     "atomic_path",
@@ -125,6 +126,26 @@ def prepare_output_dir(path: Path, overwrite: bool, is_ours: Callable[[Path], bo
             path.unlink()
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+@contextlib.contextmanager
+def waiting_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` (created if needed), waiting for other holders.
+
+    For work that a second process should wait for rather than refuse (installing a shared
+    runtime, building a shared base image); :class:`DirLock` is the non-blocking kind.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as fh:
+        if fcntl is None:  # Windows: nothing to wait for
+            yield
+            return
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 class DirLock:

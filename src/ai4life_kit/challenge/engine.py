@@ -20,7 +20,6 @@ without touching anything under ``/etc`` or the system image store:
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import os
 import re
@@ -36,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ai4life_kit.errors import Ai4LifeKitError, UserInputError
+from ai4life_kit.fileio import waiting_lock
 
 __all__ = [
     "BASE_SUITE",
@@ -307,17 +307,6 @@ def debian_mirror_lines(suite: str = BASE_SUITE, apt_dir: Path = Path("/etc/apt"
     return lines
 
 
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def _bootstrap_tmpdir() -> str | None:
     """``/dev/shm`` when it has room: it halves the mmdebstrap time."""
     try:
@@ -394,7 +383,7 @@ def ensure_base_image(engine: Engine, log: Log, base_image: str | None = None) -
     if engine.name == "docker" or shutil.which("mmdebstrap") is None:
         return DEFAULT_BASE_IMAGE
     assert engine.cache is not None
-    with _locked(engine.cache / "base-image.lock"):
+    with waiting_lock(engine.cache / "base-image.lock"):
         if not engine.image_exists(LOCAL_BASE_IMAGE):
             bootstrap_base_image(engine, log)
     return LOCAL_BASE_IMAGE

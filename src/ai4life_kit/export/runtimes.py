@@ -8,19 +8,18 @@ their nvidia-* wheels (3-6 GB a runtime) and they run on the CPU.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import os
 import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from ai4life_kit.errors import Ai4LifeKitError
+from ai4life_kit.fileio import waiting_lock
 
 __all__ = ["RUNTIMES", "Runtime", "default_cache_dir", "ensure_runtime"]
 
@@ -81,18 +80,6 @@ def default_cache_dir() -> Path:
     return Path(base)
 
 
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """An exclusive lock so that two processes never install the same runtime at once."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def _stamp_ok(venv: Path, runtime: Runtime) -> bool:
     try:
         stamp = json.loads((venv / STAMP).read_text(encoding="utf-8"))
@@ -110,7 +97,7 @@ def ensure_runtime(name: str, cache: Path | None = None, log: Callable[[str], No
     runtime = RUNTIMES[name]
     cache = Path(cache or default_cache_dir())
     venv = runtime.path(cache)
-    with _locked(venv.with_name(f".{name}.lock")):
+    with waiting_lock(venv.with_name(f".{name}.lock")):
         if _stamp_ok(venv, runtime):
             return venv / "bin" / "python"
         if log:
