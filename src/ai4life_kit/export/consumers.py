@@ -221,7 +221,6 @@ def run_consumers(
         work = Path(tmp)
         pkg = open_package(Path(path), work / "package")
         users = github_users_in(pkg.rdf)
-        engine_results: dict[str, dict[str, Any]] = {}
         for name in names:
             consumer = CONSUMERS[name]
             t0 = time.perf_counter()
@@ -252,8 +251,7 @@ def run_consumers(
                 if "blockwise" in consumer.checks:
                     job["checks"].append("blockwise")
                     job["blockwise"] = {**blockwise_job(pkg, work), "weight_formats": present[:1]}
-                engine_key = f"{consumer.runtime}:{','.join(present)}"
-                if "engine" in consumer.checks and engine_key not in engine_results:
+                if "engine" in consumer.checks:
                     job["checks"].append("engine")
                     job["engine"] = {
                         "weights": {wf: str(pkg.file(source(pkg.weights[wf]))) for wf in present},
@@ -264,11 +262,6 @@ def run_consumers(
                         "postprocessing": numpy_processing(pkg, "postprocessing", pkg.output),
                     }
                 out = _run_probe(python, job, work, timeout) if job["checks"] else {"results": []}
-                if "engine" in job["checks"]:
-                    engine_results[engine_key] = out
-                elif "engine" in consumer.checks:
-                    out = {**out, "results": out["results"] + engine_results[engine_key]["results"]}
-                    out.setdefault("versions", engine_results[engine_key].get("versions", {}))
                 report.versions[name] = out.get("versions", {})
                 by_check = {(r.get("check"), r.get("weight_format")): r for r in out["results"]}
                 engine = f"torch {report.versions[name].get('torch', '?')}"
