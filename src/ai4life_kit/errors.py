@@ -14,6 +14,8 @@ __all__ = [
     "DataError",
     "OutputExistsError",
     "ModelLoadError",
+    "StorageError",
+    "Terminated",
 ]
 
 
@@ -43,3 +45,11 @@ class OutputExistsError(UserInputError):
 
 class ModelLoadError(UserInputError):
     """A run directory or model package cannot be used (missing checkpoint, corrupt zip...)."""
+
+
+class StorageError(Ai4LifeKitError):
+    """Writing an output failed for a reason outside the inputs: a full disk, an I/O error (exit code 1)."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived (``docker stop``, a scheduler, CI): unwinds like Ctrl-C, so every cleanup runs."""

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
 
 import typer
 from typer.core import TyperGroup
 
-from ai4life_kit.errors import Ai4LifeKitError
+from ai4life_kit.errors import Ai4LifeKitError, Terminated
 
 __all__ = ["KitGroup", "new_app"]
 
@@ -23,7 +28,8 @@ class KitGroup(TyperGroup):
         names the option is easier to read and to grep in logs.
         """
         try:
-            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+            with _sigterm_unwinds():
+                rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except Exception as exc:
             # typer vendors click in recent versions: recognise its exceptions by their shape.
             if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):
@@ -52,9 +58,24 @@ class KitGroup(TyperGroup):
         except Ai4LifeKitError as exc:
             typer.echo(f"Error: {exc}", err=True)
             raise typer.Exit(exc.exit_code) from None
+        except Terminated:
+            typer.echo("Terminated.", err=True)
+            raise typer.Exit(143) from None
         except KeyboardInterrupt:
             typer.echo("Interrupted.", err=True)
             raise typer.Exit(130) from None
+        except BrokenPipeError:
+            # `ai4life-kit ... | head`: the reader left; nothing more can be printed, and Python
+            # would complain again at exit while flushing stdout.
+            with contextlib.suppress(OSError):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise typer.Exit(141) from None
+        except OSError as exc:
+            if os.environ.get("AI4LIFE_KIT_DEBUG"):
+                raise
+            message, code = _os_error_line(exc)
+            typer.echo(f"Error: {message}", err=True)
+            raise typer.Exit(code) from None
         except Exception as exc:
             # Typer/click control flow (Exit, usage errors) passes through untouched; typer
             # vendors click in recent versions, so match on the module, not on a class.
@@ -66,6 +87,46 @@ class KitGroup(TyperGroup):
                 err=True,
             )
             raise typer.Exit(1) from None
+
+
+def _os_error_line(exc: OSError) -> tuple[str, int]:
+    """One line and an exit code for an OSError that no command turned into a message of its own.
+
+    Storage problems (full disk, read-only, no permission, a file where a folder should be) name
+    the path; anything else still reads as the operating system's words plus the path.
+    """
+    from ai4life_kit.fileio import write_failure
+
+    if exc.filename is not None:
+        failure = write_failure(exc, Path(exc.filename))
+        if failure is not None:
+            return str(failure), failure.exit_code
+    where = f": {exc.filename}" if exc.filename is not None else ""
+    return f"{exc.strerror or type(exc).__name__}{where}", 1
+
+
+@contextlib.contextmanager
+def _sigterm_unwinds() -> Iterator[None]:
+    """Turn the first SIGTERM into :class:`Terminated` so that temporaries are removed as on Ctrl-C.
+
+    Python's default SIGTERM action ends the process without running ``finally`` blocks, which
+    left hidden ``.NAME.tmp.*`` files behind. Later SIGTERMs are ignored while cleanup runs (a
+    scheduler that loses patience sends SIGKILL). Only the main thread can set handlers, and a
+    SIGTERM the parent told us to ignore stays ignored.
+    """
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        yield
+        return
+
+    def handler(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise Terminated
+
+    signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def new_app(help_text: str) -> typer.Typer:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -58,6 +60,19 @@ def _predict_in_memory(
         raise Ai4LifeKitError(
             f"out of memory predicting {src} ({gib:.2f} GiB as float32) in memory; use --out-of-core"
         ) from None
+
+
+@contextlib.contextmanager
+def _remove_if_left_empty(folder: Path) -> Iterator[None]:
+    """Delete ``folder`` again if this command created it and fails before writing anything into it."""
+    created = not folder.exists()
+    try:
+        yield
+    except BaseException:
+        if created:
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only succeeds when empty
+        raise
 
 
 def predict(
@@ -131,14 +146,17 @@ def predict(
     console = Console(stderr=True)
     t0 = time.perf_counter()
     megapixels = 0.0
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        disable=quiet,
-    ) as bar:
+    with (
+        _remove_if_left_empty(out),
+        Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            disable=quiet,
+        ) as bar,
+    ):
         for src, dst, out_fmt in zip(paths, targets, formats, strict=True):
             # The header only. A private chunk cache per input, freed with it: chunks of finished
             # inputs would otherwise sit in the shared default cache until evicted.

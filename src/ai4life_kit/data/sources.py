@@ -17,7 +17,10 @@ Every source reports its shape, dtype and axes (kit letters, in the file's order
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import itertools
+import os
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -160,7 +163,16 @@ class ChunkedSource(ImageSource):
 
     def _chunk(self, index: tuple[int, ...]) -> np.ndarray:
         key = tuple(slice(i * c, min((i + 1) * c, n)) for i, c, n in zip(index, self.chunks, self.shape, strict=True))
-        return self.cache.get((self._cache_token, index), lambda: np.asarray(self.array[key]))
+        return self.cache.get((self._cache_token, index), lambda: self._load(key))
+
+    def _load(self, key: tuple[slice, ...]) -> np.ndarray:
+        try:
+            return np.asarray(self.array[key])
+        except Exception as exc:  # codecs and stores raise their own types for damaged chunks
+            window = ",".join(f"{s.start}:{s.stop}" for s in key)
+            raise DataError(
+                f"{self.path} cannot be read at [{window}] (truncated or corrupt: {type(exc).__name__}: {exc})"
+            ) from None
 
     def read(self, key: tuple[slice, ...]) -> np.ndarray:
         lo = [s.start for s in key]
@@ -181,6 +193,12 @@ class ChunkedSource(ImageSource):
         if self._handle is not None:
             self._handle.close()
             self._handle = None
+
+    def __del__(self) -> None:
+        # A source dropped without close(), e.g. by a loader that stopped at a corrupt chunk,
+        # still closes its TIFF rather than leaving the file handle to the garbage collector.
+        with contextlib.suppress(Exception):
+            self.close()
 
 
 # -- writable outputs ---------------------------------------------------------------------
@@ -207,11 +225,11 @@ def _leading_block(shape: tuple[int, ...], key: tuple[slice, ...]) -> tuple[int,
 class MemmapTiffTarget(MemmapTiffSource):
     """A new uncompressed TIFF written window by window through short-lived memory maps.
 
-    The file is created by :func:`tifffile.memmap` (a sparse file: nothing is written until a
-    window is) with the axes metadata, photometric and resolution unit of
+    The file is created by :func:`tifffile.memmap` with the axes metadata, photometric and resolution unit of
     :func:`~ai4life_kit.data.tiff_io.write_image`, and the same classic/BigTIFF choice (BigTIFF
-    only above 4 GiB - 32 MiB). Each :meth:`write` maps only the rows its window spans, copies
-    the window, flushes and unmaps, so written pages never accumulate in the process's RSS.
+    only above 4 GiB - 32 MiB), and its disk space is reserved at once (:func:`_reserve`). Each
+    :meth:`write` maps only the rows its window spans, copies the window, flushes and unmaps, so
+    written pages never accumulate in the process's RSS.
     """
 
     @classmethod
@@ -233,6 +251,7 @@ class MemmapTiffTarget(MemmapTiffSource):
         )
         offset, file_dtype = int(mm.offset), mm.dtype
         del mm  # unmapped; writes map the file again, a few rows at a time
+        _reserve(path, offset + int(np.prod(shape, dtype=np.int64)) * file_dtype.itemsize)
         return cls(path, axes, tuple(int(n) for n in shape), file_dtype, offset)
 
     def write(self, key: tuple[slice, ...], data: np.ndarray) -> None:
@@ -245,6 +264,26 @@ class MemmapTiffTarget(MemmapTiffSource):
         # rather than leaving gigabytes of dirty page cache to be flushed after the last tile.
         mm.flush()
         del mm  # the last reference: unmapped, so the written pages leave this process's RSS
+
+
+def _reserve(path: Path, size: int) -> None:
+    """Allocate the disk blocks of the first ``size`` bytes of ``path`` now.
+
+    tifffile's memmap file is sparse: on a full disk, a store into a mapped page that has no
+    block behind it kills the process with SIGBUS (no message, no cleanup). Reserved up front,
+    a full disk is an ``ENOSPC`` here instead, before any tile is predicted. File systems
+    without ``fallocate`` keep the sparse file.
+    """
+    if not hasattr(os, "posix_fallocate"):  # macOS, Windows
+        return
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as exc:
+        if exc.errno not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+            raise OSError(exc.errno, exc.strerror, str(path)) from None
+    finally:
+        os.close(fd)
 
 
 def require_zarr(path: Path, action: str = "writing") -> Any:
@@ -330,12 +369,21 @@ def _open_tiff(path: Path, axes: str | None, spatial_ndim: int, cache: ChunkCach
         resolved = resolve_axes(axes, metadata_axes(tif), shape, spatial_ndim)
         if series.dataoffset is not None:
             file_dtype = dtype.newbyteorder(tif.byteorder)
+            # A truncated file (an interrupted copy or download) would fail later inside
+            # np.memmap with "mmap length is greater than file size".
+            needed = series.dataoffset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+            size = path.stat().st_size
+            if needed > size:
+                raise DataError(f"{path} is truncated: its image needs {needed} bytes, the file has {size}")
             return MemmapTiffSource(path, resolved, shape, file_dtype, series.dataoffset)
         try:
             import zarr
         except ImportError:
             # Without zarr a compressed TIFF can still be used, read whole.
-            return ArraySource(series.asarray(), resolved, path)
+            try:
+                return ArraySource(series.asarray(), resolved, path)
+            except Exception as exc:
+                raise DataError(f"{path} is not a readable TIFF ({type(exc).__name__}: {exc})") from None
         array = zarr.open(series.aszarr(level=0), mode="r")
         keep_open = True
         return ChunkedSource(array, resolved, path, cache, handle=tif)

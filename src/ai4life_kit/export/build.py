@@ -27,7 +27,15 @@ from ai4life_kit.errors import Ai4LifeKitError, UserInputError
 from ai4life_kit.export._testrun import collect_leaked_files
 from ai4life_kit.export.rundir import RunInfo, load_run
 from ai4life_kit.export.testdata import TestInput, make_test_input, min_size
-from ai4life_kit.fileio import apply_umask_mode, check_writable, umask_file_mode
+from ai4life_kit.fileio import (
+    apply_umask_mode,
+    check_writable,
+    remove_stale_temporaries,
+    scratch_dir,
+    temp_prefix,
+    umask_file_mode,
+    write_failure,
+)
 
 __all__ = [
     "COMPAT_FORMAT_VERSION",
@@ -470,7 +478,7 @@ def package_run(
     test_out = compute_test_output(run, model, test_in.array)
     timings["load_and_test_tensors"] = time.perf_counter() - t0
 
-    with tempfile.TemporaryDirectory(prefix="ai4life-kit-package-") as tmp_name:
+    with scratch_dir("package") as tmp_name:
         tmp = Path(tmp_name)
         files: dict[str, Path] = {
             "test_input": tmp / "test_input.npy",
@@ -534,11 +542,18 @@ def package_run(
             root=tmp,
         )
         out.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_zip_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp.zip", dir=out.parent)
+        remove_stale_temporaries(out)  # of a package run that a kill -9 cut short
+        fd, tmp_zip_name = tempfile.mkstemp(prefix=temp_prefix(out), suffix=".tmp.zip", dir=out.parent)
         os.close(fd)
         tmp_zip = Path(tmp_zip_name)
         try:
-            _write_zip(descr, tmp_zip)
+            try:
+                _write_zip(descr, tmp_zip)
+            except Exception as exc:
+                failure = write_failure(exc, out)
+                if failure is None:
+                    raise
+                raise failure from None
             timings["build_and_zip"] = time.perf_counter() - t
             t = time.perf_counter()
             fmt = check_format(tmp_zip, extra_github_users=[github_user] if github_user else [])

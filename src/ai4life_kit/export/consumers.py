@@ -31,7 +31,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -51,6 +50,7 @@ from ai4life_kit.export.consumer_jobs import (
 )
 from ai4life_kit.export.consumer_rules import Cell, engine_version, rules
 from ai4life_kit.export.runtimes import RUNTIMES, Runtime, default_cache_dir, ensure_runtime
+from ai4life_kit.fileio import scratch_dir
 
 __all__ = [
     "CONSUMERS",
@@ -217,7 +217,7 @@ def run_consumers(
     # Absolute: the probes run in a temporary folder, and a bare name would read as a bioimage.io id.
     path = Path(path).resolve()
     report = ConsumerReport(source=str(path))
-    with tempfile.TemporaryDirectory(prefix="ai4life-kit-consumers-") as tmp:
+    with scratch_dir("consumers") as tmp:
         work = Path(tmp)
         pkg = open_package(Path(path), work / "package")
         users = github_users_in(pkg.rdf)

@@ -15,10 +15,7 @@ only when complete: an interrupted run never leaves a partial file under the fin
 from __future__ import annotations
 
 import contextlib
-import os
 import queue
-import shutil
-import tempfile
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -29,12 +26,11 @@ import torch
 from ai4life_kit.data.sources import ImageSource, MemmapTiffTarget, ZarrTarget, require_zarr
 from ai4life_kit.data.views import CanonicalView
 from ai4life_kit.errors import DataError
-from ai4life_kit.fileio import apply_umask_mode, atomic_path, check_writable
+from ai4life_kit.fileio import atomic_folder, atomic_path
 from ai4life_kit.prediction.tiling import TTA, Job, TileGrid, run_tiles, symmetric_index, tile_jobs
 
 __all__ = [
     "OUTPUT_FORMATS",
-    "atomic_folder",
     "create_output",
     "output_chunks",
     "output_format",
@@ -186,32 +182,6 @@ def output_chunks(view: CanonicalView, grid: TileGrid) -> tuple[int, ...]:
         else:
             chunks.append(1)
     return tuple(chunks)
-
-
-@contextlib.contextmanager
-def atomic_folder(path: Path, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a new empty folder next to ``path``; move it onto ``path`` on success, delete it on failure.
-
-    An existing ``path`` (with ``overwrite``) is first renamed aside and deleted only after the
-    new folder is in place, so there is never a moment without a complete output.
-    """
-    path = Path(path)
-    check_writable(path, overwrite)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=f".tmp{path.suffix}", dir=path.parent))
-    try:
-        yield tmp
-        apply_umask_mode(tmp)  # mkdtemp made it 0700
-        old = None
-        if path.exists() or path.is_symlink():
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
-            os.replace(path, old / path.name)
-        os.replace(tmp, path)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 @contextlib.contextmanager

@@ -33,11 +33,10 @@ from ai4life_kit.data.masking import MaskSpec, mask_batch
 from ai4life_kit.data.normalization import read_json_object, read_normalization
 from ai4life_kit.data.patches import PatchPositions
 from ai4life_kit.errors import DataError, ModelLoadError, OutputExistsError, UserInputError
-from ai4life_kit.fileio import DirLock, atomic_write_text
+from ai4life_kit.fileio import DirLock, atomic_paths, atomic_write_text, check_location
 from ai4life_kit.models import build_model, model_args
 from ai4life_kit.prediction.predictor import load_checkpoint
 from ai4life_kit.runtime import autocast, channels_last, resolve_device
-from ai4life_kit.training.checkpoint import save_checkpoint
 from ai4life_kit.training.distributed import DistContext, launch_world_size, local_batch_size
 from ai4life_kit.training.progress import EpochProgress
 from ai4life_kit.training.report import plot_losses, read_metrics, write_metrics, write_summary
@@ -409,11 +408,20 @@ def _prepare_run_dir(
 
 
 def _write_epoch(out: Path, last: dict, best: dict | None, rows: list[dict]) -> None:
-    """Checkpoints and metrics of a finished epoch (rank 0)."""
-    if best is not None:
-        save_checkpoint(best, out / "checkpoints" / "best.pt")
-    save_checkpoint(last, out / "checkpoints" / "last.pt")
-    write_metrics(rows, out / "metrics.csv")
+    """Checkpoints and metrics of a finished epoch (rank 0), written as one set.
+
+    All files are written in full under temporary names before any is renamed, so a full disk
+    (or a kill) while writing leaves the previous epoch's set intact rather than a ``best.pt``
+    one epoch ahead of ``last.pt``. ``last.pt`` is renamed last: it commits the epoch, and a
+    resume drops the metrics rows after its epoch.
+    """
+    ckpt_dir = out / "checkpoints"
+    targets = [out / "metrics.csv", *([ckpt_dir / "best.pt"] if best is not None else []), ckpt_dir / "last.pt"]
+    with atomic_paths(targets) as temps:
+        write_metrics(rows, temps[0])
+        if best is not None:
+            torch.save(best, temps[1])
+        torch.save(last, temps[-1])
 
 
 def _file_entries(
@@ -462,6 +470,7 @@ def train(
     rank 0 validates and writes; the run directory is the same as a single process would write.
     """
     out = Path(out)
+    check_location(out, folder=True)  # a file named like the run, a read-only disk: before loading any data
     if _occupied(out):
         if not resume and not overwrite:
             raise OutputExistsError(f"{out} already exists (use --overwrite to replace it, or --resume to continue it)")
