@@ -270,3 +270,57 @@ def test_parse_shape(text, shape):
 def test_parse_shape_rejects(text):
     with pytest.raises(UserInputError, match="shape"):
         parse_shape(text)
+
+
+# ---------------------------------------------------------------------------------------------
+# sizes, memory and disk are checked before anything is written; never a half-made folder
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("shape", [(1, 1), (7, 64), (4, 64, 3)])
+def test_too_small_images_are_refused_before_writing(tmp_path, shape):
+    with pytest.raises(UserInputError, match="at least 8 pixels"):
+        simulate_dataset(tmp_path / "out", shape=shape)
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_image_larger_than_memory_is_refused_before_writing(tmp_path):
+    with pytest.raises(UserInputError, match=r"100000x100000 image needs about 447\.0 GiB of memory"):
+        simulate_dataset(tmp_path / "out", shape=(100000, 100000))
+    assert not (tmp_path / "out").exists()
+    simulate_dataset(tmp_path / "out", shape=(16, 16))  # and the rerun does not say "already exists"
+
+
+def test_more_images_than_the_disk_holds_are_refused(tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda _path: usage(10**9, 10**9 - 10**6, 10**6))
+    with pytest.raises(UserInputError, match=r"3 simulated 256x256 image\(s\) need 0\.0 GiB .* free"):
+        simulate_dataset(tmp_path / "out", shape=(256, 256), n=3)  # 3 * 256^2 * 6 B = 1.2 MB > 1 MB
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_failure_midway_leaves_no_folder_and_keeps_the_old_one(tmp_path, monkeypatch):
+    import ai4life_kit.simulate as sim
+
+    out = tmp_path / "sim"
+    simulate_dataset(out, shape=(32, 32), n=1, seed=0)
+    old = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    calls = []
+
+    def failing_write(path, *args, **kwargs):
+        calls.append(path)
+        if len(calls) == 3:  # the third noisy image: two images are written by then
+            raise MemoryError
+        return real_write(path, *args, **kwargs)
+
+    real_write = sim._write_uint16
+    monkeypatch.setattr(sim, "_write_uint16", failing_write)
+    with pytest.raises(MemoryError):
+        simulate_dataset(out, shape=(32, 32), n=3, seed=1, overwrite=True)
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == old
+    assert [p.name for p in tmp_path.iterdir()] == ["sim"]  # no staging folder left beside it
+    with pytest.raises(MemoryError):
+        calls.clear()
+        simulate_dataset(tmp_path / "new", shape=(32, 32), n=3, seed=1)
+    assert not (tmp_path / "new").exists()

@@ -22,13 +22,15 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from scipy import ndimage as ndi
 
-from ai4life_kit.errors import UserInputError
+from ai4life_kit.errors import OutputExistsError, UserInputError
 
 __all__ = [
     "DEFAULT_OFFSET",
@@ -49,6 +51,10 @@ DEFAULT_OFFSET = 100.0
 ROW_NOISE_WIDTH = 5
 # Written into every simulated folder; `--overwrite` only deletes folders that carry it.
 MARKER_FILE = "simulation.json"
+MIN_SIDE = 8
+"""Smallest Y and X: below it the ground truth can be a constant image, whose PSNR is undefined."""
+PEAK_BYTES_PER_PIXEL = 48
+"""Peak memory of simulating one image per pixel: about 40 measured (float64 blurs, the noisy copies), plus margin."""
 _UINT16_MAX = 65535
 # Lateral PSF sigma in pixels; the axial one is larger, as in a real widefield/confocal PSF.
 _PSF_SIGMA_YX = 1.0
@@ -79,6 +85,52 @@ def _check_shape(shape: Any) -> tuple[int, ...]:
     if len(dims) not in (2, 3) or not integral or any(d < 1 for d in dims):
         raise UserInputError(f"shape {shape!r} must be 2 or 3 positive integers (Y,X or Z,Y,X)")
     return dims
+
+
+def _available_memory() -> int | None:
+    """Bytes of memory available to new allocations (Linux ``MemAvailable``), or None where unknown."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _gib(n_bytes: float) -> str:
+    return f"{n_bytes / 2**30:.1f} GiB"
+
+
+def _check_resources(shape: tuple[int, ...], n: int, pairs: bool, out_dir: Path) -> None:
+    """Refuse, before writing anything, a simulation that cannot fit in memory or on disk."""
+    from ai4life_kit.fileio import check_location, mount_point
+
+    if min(shape[-2:]) < MIN_SIDE:
+        raise UserInputError(
+            f"shape {shape!r}: Y and X must be at least {MIN_SIDE} pixels (smaller images hold no structure to denoise)"
+        )
+    check_location(out_dir, folder=True)
+    pixels = math.prod(shape)
+    text = "x".join(str(d) for d in shape)
+    need_memory = pixels * PEAK_BYTES_PER_PIXEL
+    available = _available_memory()
+    if available is not None and need_memory > available:
+        raise UserInputError(
+            f"simulating a {text} image needs about {_gib(need_memory)} of memory and "
+            f"{_gib(available)} is available: choose a smaller --shape"
+        )
+    need_disk = n * pixels * (4 + 2 + (2 if pairs else 0))  # float32 ground truth, uint16 noisy images
+    free = shutil.disk_usage(mount_point(out_dir)).free
+    if need_disk > free:
+        raise UserInputError(
+            f"{n} simulated {text} image(s) need {_gib(need_disk)} on {mount_point(out_dir)} and "
+            f"{_gib(free)} is free: choose a smaller --shape or --n, or another folder"
+        )
 
 
 def _check_peak(peak: float) -> float:
@@ -396,9 +448,7 @@ def simulate_dataset(
         ``pairs``), ``input_psnr`` (PSNR of each noisy image against its ground truth, data
         range of the ground truth) and ``mean_input_psnr``.
     """
-    from ai4life_kit.data.tiff_io import write_image
-    from ai4life_kit.fileio import atomic_write_text, prepare_output_dir
-    from ai4life_kit.metrics import psnr
+    from ai4life_kit.fileio import atomic_folder
 
     shape = _check_shape(shape)
     peak = _check_peak(peak)
@@ -410,8 +460,37 @@ def simulate_dataset(
     if peak + offset > 0.9 * _UINT16_MAX:
         raise UserInputError(f"peak {peak} + offset {offset} would saturate 16-bit images; use a lower peak")
     n, seed = int(n), int(seed)
+    out_dir = Path(out_dir)
+    _check_resources(shape, n, pairs, out_dir)
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        if not overwrite:
+            raise OutputExistsError(f"{out_dir} already exists (use --overwrite to replace it)")
+        if not _is_simulation(out_dir):
+            raise OutputExistsError(f"{out_dir} exists and was not created by ai4life-kit; refusing to delete it")
+    # Written under a temporary name and renamed when complete: a failure, Ctrl-C or kill at any
+    # moment leaves no half-made folder (and, with --overwrite, the old simulation in place).
+    with atomic_folder(out_dir, overwrite=True) as staging:
+        result = _simulate_into(staging, out_dir, shape, n, peak, read_noise, structured_noise, offset, pairs, seed)
+    return result
 
-    out_dir = prepare_output_dir(Path(out_dir), overwrite, is_ours=_is_simulation)
+
+def _simulate_into(
+    staging: Path,
+    out_dir: Path,
+    shape: tuple[int, ...],
+    n: int,
+    peak: float,
+    read_noise: float,
+    structured_noise: str,
+    offset: float,
+    pairs: bool,
+    seed: int,
+) -> dict[str, Any]:
+    """Write the images and ``simulation.json`` into ``staging``; paths in the result name ``out_dir``."""
+    from ai4life_kit.data.tiff_io import write_image
+    from ai4life_kit.fileio import atomic_write_text
+    from ai4life_kit.metrics import psnr
+
     axes = "ZYX" if len(shape) == 3 else "YX"
     params: dict[str, Any] = {
         "shape": list(shape),
@@ -424,8 +503,6 @@ def simulate_dataset(
         "pairs": pairs,
         "seed": seed,
     }
-    # The marker goes first so that a half-finished folder can still be replaced with --overwrite.
-    atomic_write_text(out_dir / MARKER_FILE, json.dumps({"parameters": params, "complete": False}, indent=2))
 
     # One independent stream per purpose, and per image inside each purpose.
     gt_seq, noise_seq, noise2_seq, pattern_seq = np.random.SeedSequence(seed).spawn(4)
@@ -444,18 +521,18 @@ def simulate_dataset(
             columns = column_pattern(shape[-1], pattern_rng, structured_noise_std(lam))
         gt = lam + np.float32(offset)
         noisy = add_noise(lam, noise_rngs[i], read_noise, structured_noise, offset, columns)
-        write_image(out_dir / "gt" / name, gt, axes)
-        _write_uint16(out_dir / "noisy" / name, noisy, axes)
+        write_image(staging / "gt" / name, gt, axes)
+        _write_uint16(staging / "noisy" / name, noisy, axes)
         result["gt"].append(out_dir / "gt" / name)
         result["noisy"].append(out_dir / "noisy" / name)
         if pairs:
             noisy2 = add_noise(lam, noise2_rngs[i], read_noise, structured_noise, offset, columns)
-            _write_uint16(out_dir / "noisy2" / name, noisy2, axes)
+            _write_uint16(staging / "noisy2" / name, noisy2, axes)
             result["noisy2"].append(out_dir / "noisy2" / name)
         result["input_psnr"].append(float(psnr(gt, noisy)))
     result["mean_input_psnr"] = float(np.mean(result["input_psnr"]))
 
     summary = {"parameters": params, "complete": True, "input_psnr": result["input_psnr"]}
     summary["mean_input_psnr"] = result["mean_input_psnr"]
-    atomic_write_text(out_dir / MARKER_FILE, json.dumps(summary, indent=2))
+    atomic_write_text(staging / MARKER_FILE, json.dumps(summary, indent=2))
     return result
