@@ -7,6 +7,7 @@ float64 and rounded once to float32, as bioimageio.core does. Prediction from a 
 prediction from a package and a package's test output all go through :func:`normalise` and
 :func:`denormalise`, so they give the consumers' float32 numbers. Training (in memory and lazy)
 normalises with ``eps=0``, the definition of its statistics; both paths give the same numbers.
+Runs whose std is tiny (:func:`input_eps`) use ``eps=0`` everywhere, declared as ``scale_linear``.
 
 :func:`read_normalization` is the one validated reader of a run directory's
 ``normalization.json``, shared by ``predict`` and ``package`` (numpy only: no torch, no bioimageio).
@@ -27,10 +28,12 @@ from ai4life_kit.errors import DataError, ModelLoadError
 
 __all__ = [
     "PACKAGE_EPS",
+    "TINY_STD",
     "Normalization",
     "channel_stats",
     "check_channel_values",
     "denormalise",
+    "input_eps",
     "normalise",
     "read_json_object",
     "read_normalization",
@@ -42,6 +45,21 @@ PACKAGE_EPS = 1e-6
 The bioimage.io format has no field for it (the kwargs are only ``mean`` and ``std``), so every
 consumer uses this default; the kit's own predictions must use it too to agree with theirs.
 """
+
+TINY_STD = 1e-3
+"""Below this std (any channel), ``eps`` would shift the normalised input by more than 0.1 %."""
+
+
+def input_eps(std: Sequence[float]) -> float:
+    """The ``eps`` of a run's input normalisation ``(x - mean) / (std + eps)`` outside training.
+
+    :data:`PACKAGE_EPS`, as consumers compute ``fixed_zero_mean_unit_variance``, unless a channel's
+    std is below :data:`TINY_STD` (float data in small units, e.g. 1e-9): there eps would swamp
+    the std (and the format rejects ``std < 1e-6``), so such runs are packaged with ``scale_linear``
+    (gain ``1/std``, offset ``-mean/std``) and normalise with ``eps = 0``, exactly as in training.
+    """
+    return 0.0 if min(float(s) for s in std) < TINY_STD else PACKAGE_EPS
+
 
 # Elements per float64 temporary (32 MiB): normalising a large image in memory needs little
 # more than its float32 input and output.

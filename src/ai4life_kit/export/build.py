@@ -114,6 +114,49 @@ def check_dependencies(onnx: bool = True, run_test: bool = True) -> None:
         )
 
 
+TESTABLE_MAGNITUDE = 1e-4
+"""bioimageio.spec rejects a test tensor whose values all lie in (-1e-4, 1e-4): too small to test."""
+
+
+def _check_testable_range(what: str, tensor: np.ndarray, source: str) -> None:
+    """Say before any export that bioimage.io cannot test tensors of tiny values (e.g. 1e-9 units)."""
+    peak = float(np.max(np.abs(tensor)))
+    if peak < TESTABLE_MAGNITUDE:
+        raise UserInputError(
+            f"the package's {what} (from {source}) has no value of magnitude {TESTABLE_MAGNITUDE:g} or more "
+            f"(largest {peak:.3g}), and bioimage.io rejects such test tensors as too small to test: "
+            "rescale the images to larger units (e.g. multiply by 1e6) and train on those; predict works as it is"
+        )
+
+
+def _input_normalisation(run: RunInfo):
+    """The input's pre-processing step: ``(x - mean) / (std + eps)``, as training normalised.
+
+    ``fixed_zero_mean_unit_variance`` in general. Data with a tiny intensity scale (a std below
+    :data:`~ai4life_kit.data.normalization.TINY_STD`, e.g. float images in metres or moles)
+    get the same arithmetic without eps as ``scale_linear`` (gain ``1/std``, offset
+    ``-mean/std``): consumers' ``eps`` of 1e-6 would swamp such a std, and the format requires
+    ``std >= 1e-6`` anyway.
+    """
+    from bioimageio.spec.model import v0_5 as m
+
+    from ai4life_kit.data.normalization import input_eps
+
+    if input_eps(run.std) > 0:
+        return m.FixedZeroMeanUnitVarianceDescr(
+            kwargs=m.FixedZeroMeanUnitVarianceAlongAxisKwargs(
+                mean=list(run.mean), std=list(run.std), axis=m.AxisId("channel")
+            )
+        )
+    return m.ScaleLinearDescr(
+        kwargs=m.ScaleLinearAlongAxisKwargs(
+            axis=m.AxisId("channel"),
+            gain=[1.0 / s for s in run.std],
+            offset=[-mu / s for mu, s in zip(run.mean, run.std, strict=True)],
+        )
+    )
+
+
 def compute_test_output(run: RunInfo, model, array: np.ndarray) -> np.ndarray:
     """The package's output for a raw ``array``: normalise, run the network, map back to raw.
 
@@ -122,9 +165,9 @@ def compute_test_output(run: RunInfo, model, array: np.ndarray) -> np.ndarray:
     """
     import torch
 
-    from ai4life_kit.data.normalization import PACKAGE_EPS, denormalise, normalise
+    from ai4life_kit.data.normalization import denormalise, input_eps, normalise
 
-    x = normalise(np.asarray(array, np.float32), run.mean, run.std, run.dims, eps=PACKAGE_EPS)
+    x = normalise(np.asarray(array, np.float32), run.mean, run.std, run.dims, eps=input_eps(run.std))
     with torch.no_grad():
         y = model(torch.from_numpy(x)).numpy()
     return denormalise(np.ascontiguousarray(y, np.float32), run.target_mean, run.target_std, run.dims)
@@ -188,13 +231,7 @@ def build_model_descr(
         test_tensor=FileDescr(source=files["test_input"]),
         sample_tensor=FileDescr(source=files["sample_input"]),
         data=m.IntervalOrRatioDataDescr(type="float32"),
-        preprocessing=[
-            m.FixedZeroMeanUnitVarianceDescr(
-                kwargs=m.FixedZeroMeanUnitVarianceAlongAxisKwargs(
-                    mean=list(run.mean), std=list(run.std), axis=m.AxisId("channel")
-                )
-            )
-        ],
+        preprocessing=[_input_normalisation(run)],
     )
     out = m.OutputTensorDescr(
         id=m.TensorId("output"),
@@ -476,6 +513,8 @@ def package_run(
             "data (the README says so; bioimage.io's reviewers may ask for real ones)"
         )
     test_out = compute_test_output(run, model, test_in.array)
+    for what, tensor in (("test input", test_in.array), ("test output", test_out)):
+        _check_testable_range(what, tensor, test_in.source)
     timings["load_and_test_tensors"] = time.perf_counter() - t0
 
     with scratch_dir("package") as tmp_name:

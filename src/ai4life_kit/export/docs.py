@@ -214,6 +214,14 @@ def _data_lines(run: RunInfo) -> list[str]:
     return lines
 
 
+def _input_step(run: RunInfo) -> str:
+    from ai4life_kit.data.normalization import input_eps
+
+    if input_eps(run.std) > 0:
+        return "`fixed_zero_mean_unit_variance`"
+    return "`scale_linear` (gain 1/std, offset -mean/std: a std this small would drown in consumers' eps of 1e-6)"
+
+
 def write_documentation(
     path: Path,
     run: RunInfo,
@@ -258,7 +266,7 @@ def write_documentation(
         f"- Input and output: one tensor each, axes `{axes}`, {run.in_channels} channel(s) in, "
         f"{run.out_channels} out; spatial sizes `{2 * run.halo + run.step} + n * {run.step}`; "
         f"output halo {run.halo} pixels (the receptive-field radius).",
-        f"- Pre-processing: `fixed_zero_mean_unit_variance` with the training statistics ({norm}).",
+        f"- Pre-processing: {_input_step(run)} with the training statistics ({norm}).",
         f"- Post-processing: `scale_linear` back to raw intensities ({out_norm}).",
         f"- Weight formats: {', '.join(f'`{w}`' for w in weight_formats)}.",
         "",

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from ai4life_kit.data.axes import Layout
-from ai4life_kit.data.normalization import PACKAGE_EPS, denormalise, normalise, read_normalization
+from ai4life_kit.data.normalization import PACKAGE_EPS, denormalise, input_eps, normalise, read_normalization
 from ai4life_kit.data.sources import ImageSource
 from ai4life_kit.data.views import CanonicalView
 from ai4life_kit.errors import DataError, ModelLoadError
@@ -88,7 +88,8 @@ class Predictor:
         The input normalisation is ``(x - mean) / (std + eps)``: bioimageio.core's
         ``fixed_zero_mean_unit_variance`` (the default), which ai4life-kit's packages declare, so
         run directory, package and consumers give the same numbers; 0 for a package whose
-        pre-processing is ``scale_linear``.
+        pre-processing is ``scale_linear`` and a run whose package would be (a tiny std,
+        :func:`~ai4life_kit.data.normalization.input_eps`).
     algorithm
         The training algorithm (``n2v``, ``structn2v``, ...), when known: it decides which
         test-time augmentations are valid (:meth:`tta_transforms`).
@@ -175,6 +176,7 @@ class Predictor:
             spatial_ndim=args["dims"],
             depth=args["depth"],
             device=device,
+            eps=input_eps(norm.std),  # what the run's package will declare
             algorithm=_run_algorithm(run_dir),
         )
 
