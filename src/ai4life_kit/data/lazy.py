@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from ai4life_kit.data.normalization import normalise
+from ai4life_kit.data.normalization import ChannelMoments, normalise
 from ai4life_kit.data.patches import PatchPositions
 from ai4life_kit.data.views import CanonicalView
 from ai4life_kit.errors import DataError
@@ -130,29 +130,23 @@ def sampled_channel_stats(
     rng = np.random.default_rng(seed)
     n_channels = views[0].shape[1]
     total_pixels = sum(v.size // n_channels for v in views)
-    total, total_sq, count = np.zeros(n_channels), np.zeros(n_channels), 0
+    total = ChannelMoments(n_channels)
     for i, view in enumerate(views):
+        name = names[i] if names is not None else view.name
         pixels = view.size // n_channels
         share = max_pixels * pixels / max(total_pixels, 1)
         window = _window_shape(view)
         n_windows = max(1, math.ceil(share / math.prod(window)))
         whole = n_windows * math.prod(window) >= pixels
-        lo = np.full(n_channels, np.inf)
-        hi = np.full(n_channels, -np.inf)
+        moments = ChannelMoments(n_channels)
         reads = [(s, None) for s in range(view.shape[0])] if whole else _random_windows(view, window, n_windows, rng)
         for s, win in reads:
-            data = view.read(s, win).astype(np.float64)
+            data = view.read(s, win)
             if not np.isfinite(data).all():
-                name = names[i] if names is not None else view.name
                 raise DataError(f"{name} contains NaN or Inf pixels")
-            flat = data.reshape(n_channels, -1)
-            total += flat.sum(axis=1)
-            total_sq += np.square(flat).sum(axis=1)
-            count += flat.shape[1]
-            lo, hi = np.minimum(lo, flat.min(axis=1)), np.maximum(hi, flat.max(axis=1))
-        if np.any(lo == hi):
-            name = names[i] if names is not None else view.name
-            raise DataError(f"{name} is constant in channel {int(np.argmax(lo == hi))}: nothing to learn from")
-    mean = total / count
-    std = np.sqrt(np.maximum(total_sq / count - mean**2, 0.0))
-    return mean.tolist(), std.tolist()
+            moments.add(data)
+        constant = moments.constant_channel()
+        if constant is not None:
+            raise DataError(f"{name} is constant in channel {constant}: nothing to learn from")
+        total.merge(moments)
+    return total.result()

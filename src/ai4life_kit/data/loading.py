@@ -3,10 +3,16 @@
 Small data is read into memory (fastest: patches are gathered on the device). Data whose float32
 size exceeds :data:`AUTO_LAZY_BYTES`, or any data with ``loading: lazy``, stays on disk and is
 sampled window by window (:mod:`ai4life_kit.data.lazy`).
+
+In memory, the float32 data are held once: read a few MiB at a time into one flat array, their
+statistics computed in chunks (:func:`~ai4life_kit.data.normalization.channel_stats`),
+normalised where they are, and sampled from there by :class:`PatchSampler` (on a GPU, copied to
+it once). Beside them only bounded temporaries (tens of MiB) are ever allocated.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +21,7 @@ import numpy as np
 import torch
 
 from ai4life_kit.data.lazy import LazyPatchSampler, sampled_channel_stats
-from ai4life_kit.data.normalization import channel_stats, normalise
+from ai4life_kit.data.normalization import channel_stats, normalise_in_place
 from ai4life_kit.data.patches import PatchSampler
 from ai4life_kit.data.sources import ChunkCache, open_source
 from ai4life_kit.data.tiff_io import resolve_inputs
@@ -32,8 +38,13 @@ __all__ = [
 ]
 
 # Above this float32 size (inputs + targets) `loading: auto` keeps data on disk: a quarter of a
-# 16 GiB laptop, and more than most GPUs would want to hold as a patch buffer.
+# 16 GiB laptop, and more than most GPUs would want to hold as a patch buffer. The float32 size is
+# what the in-memory path needs (the data once, see the module docstring), plus _READ_BYTES.
 AUTO_LAZY_BYTES = 4 * 2**30
+
+# Bytes of a file read at a time while loading it into memory (a window in the file's dtype, and
+# as much again in mapped pages of a plain TIFF while it is copied).
+_READ_BYTES = 8 * 2**20
 
 Image = np.ndarray | CanonicalView
 
@@ -46,6 +57,9 @@ class TrainingSet:
     axes, dtype and shape; absolute resolved paths), ``target_paths`` / ``target_axes`` /
     ``target_dtypes`` the target files, paired by index. They are what the run directory records,
     so that packaging can find the very files again (a folder or glob argument names none).
+
+    In memory, the arrays of the inputs are views of one flat float32 array (and those of the
+    targets of another); ``normalised`` says that :func:`make_sampler` has normalised them in place.
     """
 
     images: list[Image]
@@ -58,6 +72,7 @@ class TrainingSet:
     target_paths: list[Path] | None = None
     target_axes: list[str] | None = None
     target_dtypes: list[str] | None = None
+    normalised: bool = False
 
     @property
     def n_channels(self) -> int:
@@ -70,6 +85,40 @@ class TrainingSet:
 
 def _float32_bytes(views: Sequence[CanonicalView]) -> int:
     return sum(v.size for v in views) * 4
+
+
+def _read_into(view: CanonicalView, out: np.ndarray) -> None:
+    """Read ``view`` into ``out`` (float32, its shape) about :data:`_READ_BYTES` at a time.
+
+    Windows are whole samples or slabs of the first spatial axis (whole chunks of a chunked
+    source, so each is decoded once); NaN and Inf are refused, naming the file.
+    """
+    size, *rest = view.shape[2:]
+    row_bytes = view.n_channels * math.prod(rest) * view.dtype.itemsize
+    rows = max(1, _READ_BYTES // max(1, row_bytes))
+    chunks = getattr(view.source, "chunks", None)
+    if chunks is not None:
+        chunk = chunks[view.source.axes.index("ZYX"[-view.spatial_ndim])]
+        rows = max(chunk, rows // chunk * chunk)
+    check = view.dtype.kind == "f"
+    for s in range(view.shape[0]):
+        for start in range(0, size, rows):
+            window = [slice(start, min(start + rows, size)), *(slice(0, n) for n in rest)]
+            dst = out[s, :, start : start + rows]
+            dst[...] = view.read(s, window)
+            if check and not np.isfinite(dst).all():
+                raise DataError(f"{view.source.path} contains NaN or Inf pixels")
+
+
+def _to_memory(views: Sequence[CanonicalView]) -> list[np.ndarray]:
+    """The views in memory: float32 arrays of their shapes, all views of one flat array (see :class:`PatchSampler`)."""
+    flat = np.empty(sum(v.size for v in views), np.float32)
+    arrays, offset = [], 0
+    for v in views:
+        arrays.append(flat[offset : offset + v.size].reshape(v.shape))
+        _read_into(v, arrays[-1])
+        offset += v.size
+    return arrays
 
 
 def load_training_set(
@@ -130,8 +179,8 @@ def load_training_set(
         raise DataError(f"input files have different channel counts {sorted(channels)}; train one model per kind")
     lazy = loading == "lazy" or (loading == "auto" and _float32_bytes(images + targets) > AUTO_LAZY_BYTES)
     if not lazy:
-        images = [v.to_array() for v in images]
-        targets = [v.to_array() for v in targets]
+        images = _to_memory(images)
+        targets = _to_memory(targets) if targets else targets
     paired = target_paths is not None
     return TrainingSet(
         images,
@@ -157,7 +206,12 @@ def training_stats(images: Sequence[Image], names: Sequence[str]) -> tuple[list[
 def make_sampler(
     ts: TrainingSet, norm: dict[str, list[float]], patch: Sequence[int], device: torch.device
 ) -> PatchSampler | LazyPatchSampler:
-    """The patch sampler for a training or validation set, normalised with ``norm``."""
+    """The patch sampler for a training or validation set, normalised with ``norm``.
+
+    Arrays in memory are normalised in place (no second copy of the data): afterwards ``ts``
+    holds normalised data (``ts.normalised``), and a second call for it (or for a part of it
+    split off afterwards) is an error.
+    """
     if ts.lazy:
         return LazyPatchSampler(
             ts.images,
@@ -170,12 +224,15 @@ def make_sampler(
             norm["target_std"],
             ts.names,
         )
+    if ts.normalised:
+        raise ValueError("make_sampler: this training set is normalised already (by an earlier make_sampler)")
     nd = len(patch)
-    imgs = [normalise(a, norm["mean"], norm["std"], nd) for a in ts.images]
-    tgts = (
-        None if ts.targets is None else [normalise(a, norm["target_mean"], norm["target_std"], nd) for a in ts.targets]
-    )
-    return PatchSampler(imgs, tgts, patch, device, ts.names)
+    for a in ts.images:
+        normalise_in_place(a, norm["mean"], norm["std"], nd)
+    for a in ts.targets or []:
+        normalise_in_place(a, norm["target_mean"], norm["target_std"], nd)
+    ts.normalised = True
+    return PatchSampler(ts.images, ts.targets, patch, device, ts.names)
 
 
 def _take(img: Image, axis: int, start: int, stop: int) -> Image:
@@ -213,6 +270,7 @@ def split_validation(
             target_paths=pick(ts.target_paths),
             target_axes=pick(ts.target_axes),
             target_dtypes=pick(ts.target_dtypes),
+            normalised=ts.normalised,
         )
 
     n = len(ts.images)

@@ -65,29 +65,117 @@ def input_eps(std: Sequence[float]) -> float:
 # more than its float32 input and output.
 _CHUNK = 2**22
 
+# Elements per float64 temporary of the statistics (8 MiB): computing them needs next to no
+# memory beside the images, however large those are.
+_STATS_CHUNK = 2**20
+
+
+class ChannelMoments:
+    """Per-channel count, mean and sum of squared deviations, merged chunk by chunk.
+
+    Each chunk's own mean and squared deviations are computed in float64 and merged with Chan et
+    al.'s pairwise update: no sum of squares minus squared sum, so no cancellation when the mean
+    is large against the spread. Also keeps each channel's minimum and maximum, so that a
+    constant channel is told exactly (its std from floating-point sums need not be exactly 0).
+    """
+
+    def __init__(self, n_channels: int) -> None:
+        self.count = 0
+        self.mean = np.zeros(n_channels)
+        self.m2 = np.zeros(n_channels)
+        self.lo = np.full(n_channels, np.inf)
+        self.hi = np.full(n_channels, -np.inf)
+
+    def add(self, chunk: np.ndarray) -> None:
+        """Merge ``chunk`` of shape ``(C, ...)``, any dtype (its float64 copy is the one temporary)."""
+        x = chunk.astype(np.float64, order="C").reshape(len(chunk), -1)
+        if x.shape[1] == 0:
+            return
+        self.lo = np.minimum(self.lo, x.min(axis=1))
+        self.hi = np.maximum(self.hi, x.max(axis=1))
+        mean = x.mean(axis=1)
+        x -= mean[:, None]
+        self._merge(x.shape[1], mean, np.square(x, out=x).sum(axis=1))
+
+    def merge(self, other: ChannelMoments) -> None:
+        """Merge the moments of other data (another file)."""
+        self.lo = np.minimum(self.lo, other.lo)
+        self.hi = np.maximum(self.hi, other.hi)
+        if other.count:
+            self._merge(other.count, other.mean, other.m2)
+
+    def _merge(self, n: int, mean: np.ndarray, m2: np.ndarray) -> None:
+        total = self.count + n
+        delta = mean - self.mean
+        self.mean = self.mean + delta * (n / total)
+        self.m2 = self.m2 + m2 + delta**2 * (self.count * n / total)
+        self.count = total
+
+    def constant_channel(self) -> int | None:
+        """The first channel whose values are all equal, or None."""
+        same = self.lo == self.hi
+        return int(np.argmax(same)) if same.any() else None
+
+    def result(self) -> tuple[list[float], list[float]]:
+        """Mean and (population) standard deviation per channel."""
+        return self.mean.tolist(), np.sqrt(self.m2 / self.count).tolist()
+
+
+def _stat_chunks(img: np.ndarray, max_elements: int = _STATS_CHUNK):
+    """``img`` (``(S, C, *spatial)``) as ``(C, ...)`` views of about ``max_elements``: whole samples, or rows of one."""
+    n_samples, n_channels, *spatial = img.shape
+    per_sample = n_channels * math.prod(spatial)
+    if per_sample <= max_elements:
+        step = max(1, max_elements // max(1, per_sample))
+        pieces = (img[s : s + step] for s in range(0, n_samples, step))
+    else:
+        rows = max(1, max_elements // (per_sample // spatial[0]))
+        pieces = (img[s : s + 1, :, r : r + rows] for s in range(n_samples) for r in range(0, spatial[0], rows))
+    for piece in pieces:
+        yield np.moveaxis(piece, 1, 0)
+
 
 def channel_stats(images: Sequence[np.ndarray], names: Sequence[str] | None = None) -> tuple[list[float], list[float]]:
     """Mean and standard deviation per channel of canonical ``(S, C, *spatial)`` arrays.
 
-    Accumulated in float64 (sums of millions of uint16-range values lose precision in float32).
+    Accumulated in float64 (sums of millions of uint16-range values lose precision in float32), a
+    few MiB at a time (:class:`ChannelMoments`): no temporary the size of an image.
     A constant channel has no contrast to learn from and would divide by zero: it is an error.
     """
     n_channels = images[0].shape[1]
-    total = np.zeros(n_channels)
-    total_sq = np.zeros(n_channels)
-    count = 0
+    total = ChannelMoments(n_channels)
     for i, img in enumerate(images):
-        axes = (0, *range(2, img.ndim))
-        per_file_std = img.std(axis=axes, dtype=np.float64)
-        if np.any(per_file_std == 0):
+        moments = ChannelMoments(n_channels)
+        for piece in _stat_chunks(img):
+            moments.add(piece)
+        constant = moments.constant_channel()
+        if constant is not None:
             name = names[i] if names is not None else f"image {i}"
-            raise DataError(f"{name} is constant in channel {int(np.argmin(per_file_std))}: nothing to learn from")
-        total += img.sum(axis=axes, dtype=np.float64)
-        total_sq += np.square(img, dtype=np.float64).sum(axis=axes)
-        count += img.size // n_channels
-    mean = total / count
-    std = np.sqrt(np.maximum(total_sq / count - mean**2, 0.0))
-    return mean.tolist(), std.tolist()
+            raise DataError(f"{name} is constant in channel {constant}: nothing to learn from")
+        total.merge(moments)
+    return total.result()
+
+
+def normalise_in_place(x: np.ndarray, mean: Sequence[float], std: Sequence[float], spatial_ndim: int) -> None:
+    """Overwrite the float32 array ``x`` with :func:`normalise`'s ``(x - mean[c]) / std[c]`` (``eps=0``, training's).
+
+    The same numbers as :func:`normalise`, without a second image-sized array: training in
+    memory normalises its loaded images where they are, and samples patches from them. The one
+    temporary is a float64 slab of at most ``_STATS_CHUNK`` elements.
+    """
+    n = x.shape[x.ndim - spatial_ndim - 1]
+    m, d = _per_channel(mean, n, "mean"), _per_channel(std, n, "std")
+
+    def op(v: np.ndarray, c: int) -> np.ndarray:
+        v -= m[c]  # v is a float64 copy: the same arithmetic as (v - m) / d, in place
+        v /= d[c]
+        return v
+
+    first = x.ndim - spatial_ndim
+    rows = max(1, _STATS_CHUNK // max(1, math.prod(x.shape[first + 1 :])))
+    for start in range(0, x.shape[first], rows):
+        part = x[(slice(None),) * first + (slice(start, start + rows),)]
+        _apply_per_channel(part, spatial_ndim, op, out=part)
 
 
 def _per_channel(values: Sequence[float], n_channels: int, what: str) -> list[float]:
