@@ -75,13 +75,14 @@ def rewrite_rdf(src: Path, dst: Path, edit) -> Path:
 
 @pytest.fixture(scope="module")
 def packages(tmp_path_factory):
-    """``{algorithm: (run_dir, zip)}`` for N2V and structN2V, and a small-std N2V (eps matters)."""
+    """``{algorithm: (run_dir, zip)}`` for N2V and structN2V, and small- and tiny-std N2V runs."""
     root = tmp_path_factory.mktemp("defects")
     out = {}
     for key, algorithm, mean, std in [
         ("n2v", "n2v", 100.0, 10.0),
         ("structn2v", "structn2v", 100.0, 10.0),
-        ("small_std", "n2v", 1e-3, 1e-4),
+        ("small_std", "n2v", 1e-3, 1.2e-3),  # just above TINY_STD: fixed_zero_mean_unit_variance, eps matters
+        ("tiny_std", "n2v", 1e-3, 1e-4),  # below TINY_STD: scale_linear, no eps (item 10)
     ]:
         run = make_run(root / key, algorithm, mean, std)
         zip_path = root / f"{key}.bioimageio.zip"
@@ -346,13 +347,18 @@ def _rdf_processing(rdf: dict, network, x: np.ndarray) -> np.ndarray:
     """The rdf's pre- and post-processing in numpy, as bioimageio.core runs them (float64, eps 1e-6)."""
     (pre_step,) = [s for s in rdf["inputs"][0]["preprocessing"] if s["id"] != "ensure_dtype"]
     (post_step,) = rdf["outputs"][0]["postprocessing"]
-    assert pre_step["id"] == "fixed_zero_mean_unit_variance" and post_step["id"] == "scale_linear"
+    assert pre_step["id"] in ("fixed_zero_mean_unit_variance", "scale_linear") and post_step["id"] == "scale_linear"
     shape = (1, -1) + (1,) * (x.ndim - 2)
-    mean = np.asarray(pre_step["kwargs"]["mean"], np.float64).reshape(shape)
-    std = np.asarray(pre_step["kwargs"]["std"], np.float64).reshape(shape)
     gain = np.asarray(post_step["kwargs"]["gain"], np.float64).reshape(shape)
     offset = np.asarray(post_step["kwargs"]["offset"], np.float64).reshape(shape)
-    xn = ((x.astype(np.float32).astype(np.float64) - mean) / (std + 1e-6)).astype(np.float32)
+    x64 = x.astype(np.float32).astype(np.float64)
+    if pre_step["id"] == "scale_linear":
+        in_gain = np.asarray(pre_step["kwargs"]["gain"], np.float64).reshape(shape)
+        xn = (x64 * in_gain + np.asarray(pre_step["kwargs"]["offset"], np.float64).reshape(shape)).astype(np.float32)
+    else:
+        mean = np.asarray(pre_step["kwargs"]["mean"], np.float64).reshape(shape)
+        std = np.asarray(pre_step["kwargs"]["std"], np.float64).reshape(shape)
+        xn = ((x64 - mean) / (std + 1e-6)).astype(np.float32)
     with torch.no_grad():
         y = network(torch.from_numpy(xn)).numpy()
     return (y.astype(np.float64) * gain + offset).astype(np.float32)
@@ -367,11 +373,12 @@ def _package_network(zip_path: Path) -> tuple[torch.nn.Module, dict]:
 
 
 def test_zip_prediction_equals_the_rdf_processing_with_eps(packages):
-    """std 1e-4: eps = 1e-6 changes normalised values by 1e-2; float32 rounding is ~1e-6 of std here."""
+    """std 1.2e-3: eps = 1e-6 changes normalised values by 8e-4; float32 rounding is ~1e-7 of std here."""
     run, zip_path = packages["small_std"]
     network, rdf = _package_network(zip_path)
+    assert rdf["inputs"][0]["preprocessing"][0]["id"] == "fixed_zero_mean_unit_variance"
     p = Predictor.from_bioimageio(zip_path, device="cpu")
-    image = np.random.default_rng(5).normal(1e-3, 1e-4, (1, 1, 40, 56)).astype(np.float32)
+    image = np.random.default_rng(5).normal(1e-3, 1.2e-3, (1, 1, 40, 56)).astype(np.float32)
     # one tile: the predictor pads symmetrically by the halo (and to the size multiple), runs the
     # network, crops; the reference does the same with the rdf's processing
     grid = p.plan(image.shape[2:])
@@ -383,11 +390,29 @@ def test_zip_prediction_equals_the_rdf_processing_with_eps(packages):
     tstd = rdf["outputs"][0]["postprocessing"][0]["kwargs"]["gain"][0]
     for predictor in (p, Predictor.from_run_dir(run, device="cpu")):
         got = predictor.predict(image, "SCYX", precision="fp32")
-        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5 * tstd)
-    # without eps the normalised input differs by ~1e-2: the check above can tell
+        np.testing.assert_allclose(got, expected, rtol=0, atol=2e-6 * tstd)
+    # without eps the normalised input differs by ~8e-4: the check above can tell
     no_eps = Predictor.from_bioimageio(zip_path, device="cpu")
     no_eps.eps = 0.0
-    assert np.abs(no_eps.predict(image, "SCYX") - expected).max() > 1e-4 * tstd
+    assert np.abs(no_eps.predict(image, "SCYX") - expected).max() > 1e-5 * tstd
+
+
+def test_tiny_std_package_declares_scale_linear_and_predicts_without_eps(packages):
+    """std 1e-4 (< TINY_STD): eps would change normalised values by 1e-2, so the rdf has none."""
+    run, zip_path = packages["tiny_std"]
+    network, rdf = _package_network(zip_path)
+    (pre_step,) = rdf["inputs"][0]["preprocessing"]
+    assert pre_step["id"] == "scale_linear"
+    image = np.random.default_rng(5).normal(1e-3, 1e-4, (1, 1, 40, 56)).astype(np.float32)
+    p = Predictor.from_bioimageio(zip_path, device="cpu")
+    grid = p.plan(image.shape[2:])
+    pad = [(0, 0), (0, 0)] + [(grid.halo, t - n - grid.halo) for t, n in zip(grid.tile, grid.shape, strict=True)]
+    crop = (slice(None), slice(None)) + tuple(slice(grid.halo, grid.halo + n) for n in grid.shape)
+    expected = _rdf_processing(rdf, network, np.pad(image, pad, mode="symmetric"))[crop]
+    tstd = rdf["outputs"][0]["postprocessing"][0]["kwargs"]["gain"][0]
+    for predictor in (p, Predictor.from_run_dir(run, device="cpu")):
+        assert predictor.eps == 0.0
+        np.testing.assert_allclose(predictor.predict(image, "SCYX", precision="fp32"), expected, atol=1e-5 * tstd)
 
 
 def test_test_output_equals_the_rdf_processing_with_eps(packages):
