@@ -20,59 +20,6 @@ from ai4life_kit.challenge import engine as eng
 from ai4life_kit.challenge.save import verify_archive
 from ai4life_kit.errors import UserInputError
 
-DEB822 = """\
-Types: deb
-# http://snapshot.debian.org/archive/debian/20250520T000000Z
-URIs: http://deb.debian.org/debian
-Suites: bookworm bookworm-updates
-Components: main
-Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
-
-Types: deb-src
-URIs: http://deb.debian.org/debian
-Suites: bookworm
-Components: main
-
-Types: deb
-URIs: http://deb.debian.org/debian-security
-Suites: bookworm-security
-Components: main
-Signed-By: /nonexistent/keyring.gpg
-"""
-
-
-def test_mirror_lines_come_from_the_machines_deb822_sources(tmp_path):
-    (tmp_path / "sources.list.d").mkdir()
-    (tmp_path / "sources.list.d" / "debian.sources").write_text(DEB822)
-    lines = eng.debian_mirror_lines("bookworm", tmp_path)
-    keyring = "/usr/share/keyrings/debian-archive-keyring.gpg"
-    signed = f"[signed-by={keyring}] " if Path(keyring).is_file() else ""
-    assert lines == [
-        f"deb {signed}http://deb.debian.org/debian bookworm main",
-        f"deb {signed}http://deb.debian.org/debian bookworm-updates main",
-        "deb http://deb.debian.org/debian-security bookworm-security main",  # missing keyring: not passed on
-    ]
-
-
-def test_mirror_lines_from_one_line_sources_map_the_suite(tmp_path):
-    (tmp_path / "sources.list").write_text(
-        "# a comment\n"
-        "deb http://mirror.example.org/debian trixie main contrib\n"
-        "deb [arch=amd64] http://mirror.example.org/debian trixie-updates main\n"
-        "deb http://mirror.example.org/debian trixie-backports main\n"
-        "deb-src http://mirror.example.org/debian trixie main\n"
-    )
-    assert eng.debian_mirror_lines("bookworm", tmp_path) == [
-        "deb http://mirror.example.org/debian bookworm main",
-        "deb http://mirror.example.org/debian bookworm-updates main",
-    ]
-
-
-def test_mirror_lines_refuse_non_debian_machines(tmp_path):
-    (tmp_path / "sources.list").write_text("deb http://archive.ubuntu.com/ubuntu jammy main\n")
-    with pytest.raises(eng.ContainerError, match=r"no Debian apt source found .* pass --base-image"):
-        eng.debian_mirror_lines("bookworm", tmp_path)
-
 
 def test_podman_engine_uses_a_private_config_store_and_short_runroot(tmp_path):
     engine = eng.podman_engine("/usr/bin/podman", tmp_path / "a-rather-long-cache-folder-name" / "containers")

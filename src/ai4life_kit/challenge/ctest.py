@@ -25,15 +25,10 @@ from typing import Any
 
 import numpy as np
 
+from ai4life_kit.challenge.base_image import ensure_base_image
 from ai4life_kit.challenge.context import Context, load_context
 from ai4life_kit.challenge.contract import OUTPUT_DIR, check_output, find_cases
-from ai4life_kit.challenge.engine import (
-    Engine,
-    build_image,
-    ensure_base_image,
-    find_engine,
-    run_container,
-)
+from ai4life_kit.challenge.engine import Engine, build_image, find_engine, run_container
 from ai4life_kit.challenge.runner import SUMMARY_PREFIX
 from ai4life_kit.fileio import atomic_write_text
 
