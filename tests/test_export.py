@@ -26,7 +26,7 @@ from ai4life_kit.export.rundir import halo_for_depth
 from ai4life_kit.export.testdata import make_test_input, min_size, valid_size
 from ai4life_kit.models.unet import UNet, receptive_field_radius
 from ai4life_kit.prediction import Predictor
-from ai4life_kit.prediction.package_loader import load_predictor_from_package, read_package
+from ai4life_kit.prediction.package_loader import read_package
 
 AUTHOR = "Ada Lovelace"
 GITHUB_USER = "ada-lovelace-test"  # unknown to bioimageio.spec: must never be looked up online
@@ -299,7 +299,7 @@ def test_predictor_from_zip_equals_predictor_from_run_dir(packaged, weights):
     run_dir, out, _ = packaged
     image = np.random.default_rng(5).normal(150, 7, size=(2, 90, 70)).astype(np.float32)
     expected = Predictor.from_run_dir(run_dir, device="cpu").predict(image, "SYX")
-    got = load_predictor_from_package(out, device="cpu", weights=weights).predict(image, "SYX")
+    got = Predictor.from_bioimageio(out, device="cpu", weights=weights).predict(image, "SYX")
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-4)
     assert read_package(out, weights).weights_format == ("pytorch_state_dict" if weights == "auto" else weights)
 

@@ -194,7 +194,7 @@ def test_files_round_trip_with_shape_axes_and_values(tmp_path, fmt, axes, shape,
 
 def test_zarr_input_streams_from_chunks(tmp_path):
     pytest.importorskip("zarr")
-    from ai4life_kit.data.sources import ZarrTarget
+    from ai4life_kit.data.targets import ZarrTarget
 
     img = _image((3, 150, 110), dtype=np.uint16)
     src = ZarrTarget.create(tmp_path / "in.zarr", img.shape, "TYX", chunks=(1, 64, 64), dtype=np.uint16)
@@ -280,7 +280,7 @@ def test_cli_out_of_core_equals_in_memory(tmp_path, run_dir, monkeypatch):
 
 def test_cli_zarr_inputs_and_outputs(tmp_path, run_dir):
     pytest.importorskip("zarr")
-    from ai4life_kit.data.sources import ZarrTarget
+    from ai4life_kit.data.targets import ZarrTarget
 
     img = _image((2, 120, 100), dtype=np.uint16)
     src = ZarrTarget.create(tmp_path / "stack.ome.zarr", img.shape, "TYX", chunks=(1, 50, 50), dtype=np.uint16)

@@ -19,7 +19,7 @@ import tifffile
 import torch
 
 from ai4life_kit.config import parse_spec, save_spec
-from ai4life_kit.data import sources
+from ai4life_kit.data import sources, targets
 from ai4life_kit.data.loading import load_training_set, split_validation
 from ai4life_kit.errors import DataError, UserInputError
 from ai4life_kit.export import load_run, package_run
@@ -62,7 +62,7 @@ def zip_members(path: Path) -> dict[str, bytes]:
 
 def write_zarr(path: Path, data: np.ndarray, axes: str, chunks: tuple[int, ...]) -> Path:
     """A Zarr array with xarray-style axis names (what open_source reads back)."""
-    target = sources.ZarrTarget.create(path, data.shape, axes, chunks=chunks, dtype=data.dtype)
+    target = targets.ZarrTarget.create(path, data.shape, axes, chunks=chunks, dtype=data.dtype)
     target.write(tuple(slice(0, n) for n in data.shape), data)
     return path
 

@@ -125,7 +125,8 @@ def predict(
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from ai4life_kit.data.sources import ChunkCache, is_zarr_path, open_source
+    from ai4life_kit.data.formats import is_zarr_path
+    from ai4life_kit.data.sources import ChunkCache, open_source
     from ai4life_kit.data.tiff_io import resolve_inputs
     from ai4life_kit.fileio import check_writable
     from ai4life_kit.prediction import Predictor

@@ -18,16 +18,11 @@ import numpy as np
 import tifffile
 
 from ai4life_kit.data.axes import resolve_axes, validate_axes
+from ai4life_kit.data.formats import FROM_TIFFFILE, TIFF_SUFFIXES, TO_TIFFFILE, is_zarr_path
 from ai4life_kit.errors import DataError
 from ai4life_kit.fileio import atomic_path
 
 __all__ = ["TIFF_SUFFIXES", "ImageFile", "resolve_inputs", "read_image", "write_image"]
-
-TIFF_SUFFIXES = (".tif", ".tiff")
-# tifffile letter -> kit letter. 'S' (RGB samples) is a channel; sequences are samples.
-_FROM_TIFFFILE = {"S": "C", "C": "C", "I": "S", "Q": "?", "T": "T", "Z": "Z", "Y": "Y", "X": "X", "E": "C", "R": "S"}
-# kit letter -> tifffile letter for the shaped metadata we write (round-trips via _FROM_TIFFFILE)
-_TO_TIFFFILE = {"S": "I", "T": "T", "C": "C", "Z": "Z", "Y": "Y", "X": "X"}
 
 
 @dataclass(frozen=True)
@@ -46,7 +41,6 @@ def resolve_inputs(inputs: list[str | Path], what: str = "input", allow_zarr: bo
     With ``allow_zarr``, Zarr / OME-Zarr folders count as images: given directly, matched by a
     glob, or found (``*.zarr``) inside a given folder.
     """
-    from ai4life_kit.data.sources import is_zarr_path
 
     def is_image(f: Path) -> bool:
         return (f.is_file() and f.suffix.lower() in TIFF_SUFFIXES) or (allow_zarr and is_zarr_path(f))
@@ -93,7 +87,7 @@ def metadata_axes(tif: tifffile.TiffFile) -> str | None:
     series = tif.series[0]
     if not (tif.is_ome or tif.is_imagej or tif.is_shaped):
         return None
-    axes = "".join(_FROM_TIFFFILE.get(a, "?") for a in series.axes.upper())
+    axes = "".join(FROM_TIFFFILE.get(a, "?") for a in series.axes.upper())
     if "?" in axes:
         return None
     if len(set(axes)) != len(axes):
@@ -144,7 +138,7 @@ def write_image(
     reject TIFFs whose unit is NONE, which is tifffile's default.
     """
     axes = validate_axes(axes, data.ndim)
-    tf_axes = "".join(_TO_TIFFFILE[a] for a in axes)
+    tf_axes = "".join(TO_TIFFFILE[a] for a in axes)
     with atomic_path(Path(path), overwrite) as tmp:
         tifffile.imwrite(
             tmp,

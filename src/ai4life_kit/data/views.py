@@ -124,8 +124,8 @@ class CanonicalView:
     def write(self, sample: int, window: Sequence[slice] | None, data: np.ndarray) -> None:
         """Store ``data`` of shape ``(C, *window)`` at one sample's window (the inverse of :meth:`read`).
 
-        The source must have a ``write`` method (:class:`~ai4life_kit.data.sources.MemmapTiffTarget`,
-        :class:`~ai4life_kit.data.sources.ZarrTarget` or :class:`~ai4life_kit.data.sources.ArraySource`).
+        The source must have a ``write`` method (:class:`~ai4life_kit.data.targets.MemmapTiffTarget`,
+        :class:`~ai4life_kit.data.targets.ZarrTarget` or :class:`~ai4life_kit.data.sources.ArraySource`).
         """
         key = self.native_key(sample, window)
         write = getattr(self.source, "write", None)

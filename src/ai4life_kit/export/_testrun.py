@@ -22,7 +22,7 @@ import sys
 import warnings
 from typing import Any
 
-__all__ = ["summary_to_dict", "run_test_on_zip", "main", "collect_leaked_files"]
+__all__ = ["summary_to_dict", "run_test_on_zip", "main", "collect_leaked_files", "register_github_users"]
 
 
 @contextlib.contextmanager
@@ -97,7 +97,13 @@ def summary_to_dict(summary: Any) -> dict[str, Any]:
     }
 
 
-def _register_github_users(names: list[str]) -> None:
+def register_github_users(names: list[str]) -> None:
+    """Mark GitHub user names as known so that bioimageio.spec does not look them up online.
+
+    bioimageio.spec checks unknown ``github_user`` names against api.github.com whenever it
+    performs io checks (always, in ``test_model``); offline that fails the whole test with
+    "Name or service not known". We never want packaging or testing to need the network.
+    """
     try:
         from bioimageio.spec._internal import field_validation
     except ImportError:  # pragma: no cover
@@ -111,7 +117,7 @@ def run_test_on_zip(path: str, github_users: list[str] = (), weight_format: str 
     """Run ``bioimageio.core.test_model`` on ``path`` (quietly) and return :func:`summary_to_dict`."""
     from loguru import logger
 
-    _register_github_users(list(github_users))
+    register_github_users(list(github_users))
     logger.disable("bioimageio")
     try:
         from bioimageio.core import test_model

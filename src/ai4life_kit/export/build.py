@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from ai4life_kit.errors import Ai4LifeKitError, UserInputError
-from ai4life_kit.export._testrun import collect_leaked_files
+from ai4life_kit.export._testrun import collect_leaked_files, register_github_users
 from ai4life_kit.export.rundir import RunInfo, load_run
 from ai4life_kit.export.testdata import TestInput, make_test_input, min_size
 from ai4life_kit.fileio import (
@@ -44,7 +44,6 @@ __all__ = [
     "build_model_descr",
     "compute_test_output",
     "package_run",
-    "register_github_users",
 ]
 
 RDF_NAME = "rdf.yaml"
@@ -65,22 +64,6 @@ class PackageResult:
     """The :class:`~ai4life_kit.export.validate.TestReport` of the package test (None if skipped)."""
     timings: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
-
-
-def register_github_users(names: list[str]) -> None:
-    """Mark GitHub user names as known so that bioimageio.spec does not look them up online.
-
-    bioimageio.spec checks unknown ``github_user`` names against api.github.com whenever it
-    performs io checks (always, in ``test_model``); offline that fails the whole test with
-    "Name or service not known". We never want packaging or testing to need the network.
-    """
-    try:
-        from bioimageio.spec._internal import field_validation
-    except ImportError:  # pragma: no cover - layout of a future bioimageio.spec
-        return
-    known = getattr(field_validation, "KNOWN_GITHUB_USERS", None)
-    if isinstance(known, set):
-        known.update(n.lower() for n in names if n)
 
 
 def check_dependencies(onnx: bool = True, run_test: bool = True) -> None:

@@ -1,8 +1,8 @@
 """Read what packaging needs from a run directory (no bioimageio import here).
 
-The run directory contract is described in ``docs/architecture.md``: ``spec.yaml``,
-``normalization.json``, ``checkpoints/best.pt`` and (optionally) ``training_summary.json`` and
-``metrics.csv``. Every problem is reported as :class:`ModelLoadError` naming the file.
+The run directory's files and schemas are :mod:`ai4life_kit.rundir`'s; this is packaging's view
+of them: ``spec.yaml``, ``normalization.json``, ``checkpoints/best.pt`` and (optionally)
+``training_summary.json`` and ``metrics.csv``. Every problem is a :class:`ModelLoadError` naming the file.
 """
 
 from __future__ import annotations
@@ -13,9 +13,17 @@ from pathlib import Path
 from typing import Any
 
 from ai4life_kit.config import TrainingSpec, load_spec
-from ai4life_kit.data.normalization import read_json_object, read_normalization
+from ai4life_kit.data.normalization import read_normalization
 from ai4life_kit.errors import ConfigError, ModelLoadError
 from ai4life_kit.models import halo_for_depth
+from ai4life_kit.rundir import (
+    METRICS_FILE,
+    NORMALIZATION_FILE,
+    SPEC_FILE,
+    ModelCheckpoint,
+    checkpoint_path,
+    read_summary,
+)
 
 __all__ = ["RunInfo", "load_run", "halo_for_depth"]
 
@@ -86,43 +94,33 @@ def _read_metrics(path: Path) -> list[dict[str, str]]:
 
 def load_run(run_dir: Path) -> RunInfo:
     """Read a finished run directory; raise :class:`ModelLoadError` naming what is missing."""
-    import torch
-
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise ModelLoadError(f"run directory {run_dir} does not exist")
     try:
-        spec = load_spec(run_dir / "spec.yaml")
+        spec = load_spec(run_dir / SPEC_FILE)
     except ConfigError as exc:
         raise ModelLoadError(f"{run_dir} is not a usable run directory: {exc}") from None
-    ckpt_path = run_dir / "checkpoints" / "best.pt"
+    ckpt_path = checkpoint_path(run_dir, "best")
     if not ckpt_path.is_file():
         raise ModelLoadError(
             f"{ckpt_path} does not exist: the run has not finished an epoch yet (train it, or resume it)"
         )
-    try:
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for truncated / foreign files
-        raise ModelLoadError(f"{ckpt_path} cannot be loaded: {type(exc).__name__}: {exc}") from None
-    if not isinstance(ckpt, dict) or "model_args" not in ckpt or "model_state" not in ckpt:
-        raise ModelLoadError(f"{ckpt_path} is not an ai4life-kit checkpoint (needs 'model_args' and 'model_state')")
-    model_args = dict(ckpt["model_args"])
-    n_in = int(model_args.get("in_channels", 1))
-    n_out = int(model_args.get("out_channels", n_in))
+    ckpt = ModelCheckpoint.read(ckpt_path)
+    n_in = int(ckpt.model_args.get("in_channels", 1))
+    n_out = int(ckpt.model_args.get("out_channels", n_in))
     # The same validated reader as ``predict``: both refuse a zero or NaN std, naming the file.
-    norm = read_normalization(run_dir / "normalization.json", n_in, n_out)
-    summary = read_json_object(run_dir / "training_summary.json", required=False)
-    epoch = ckpt.get("epoch")
+    norm = read_normalization(run_dir / NORMALIZATION_FILE, n_in, n_out)
     return RunInfo(
         run_dir=run_dir,
         spec=spec,
-        model_args=model_args,
-        model_state=dict(ckpt["model_state"]),
+        model_args=ckpt.model_args,
+        model_state=ckpt.model_state,
         mean=norm.mean,
         std=norm.std,
         target_mean=norm.target_mean,
         target_std=norm.target_std,
-        summary=summary,
-        metrics=_read_metrics(run_dir / "metrics.csv"),
-        checkpoint_epoch=int(epoch) if isinstance(epoch, (int, float)) else None,
+        summary=read_summary(run_dir),
+        metrics=_read_metrics(run_dir / METRICS_FILE),
+        checkpoint_epoch=ckpt.epoch,
     )

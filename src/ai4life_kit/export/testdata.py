@@ -253,7 +253,7 @@ def make_test_input(
             raise UserInputError("--test-image and --synthetic-test-data exclude each other: give one of them")
         return _synthetic(run)
     if image is not None:
-        from ai4life_kit.data.sources import is_zarr_path
+        from ai4life_kit.data.formats import is_zarr_path
 
         image = Path(image)
         if not (image.is_file() or is_zarr_path(image)):

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ai4life_kit.errors import ModelLoadError
-from ai4life_kit.export._testrun import collect_leaked_files
+from ai4life_kit.export._testrun import collect_leaked_files, register_github_users
 
 __all__ = [
     "Check",
@@ -242,7 +242,6 @@ def check_format(path: Path, extra_github_users: list[str] = ()) -> TestReport: 
     from loguru import logger
 
     from ai4life_kit.export._testrun import summary_to_dict
-    from ai4life_kit.export.build import register_github_users
 
     rdf = inspect_zip(path)
     register_github_users([*github_users_in(rdf), *extra_github_users])

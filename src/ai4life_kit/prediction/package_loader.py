@@ -30,7 +30,7 @@ import yaml
 from ai4life_kit.data.normalization import PACKAGE_EPS, check_channel_values
 from ai4life_kit.errors import ModelLoadError
 
-__all__ = ["PackageContents", "read_package", "load_predictor_from_package"]
+__all__ = ["PackageContents", "read_package"]
 
 _RDF_NAMES = ("rdf.yaml", "bioimageio.yaml")
 _WEIGHT_CHOICES = ("auto", "pytorch_state_dict", "torchscript")
@@ -324,24 +324,4 @@ def read_package(path: Path, weights: str = "auto") -> PackageContents:
         eps=eps,
         algorithm=_algorithm(rdf),
         rdf=rdf,
-    )
-
-
-def load_predictor_from_package(path: Path, device: str | torch.device = "auto", weights: str = "auto"):
-    """A :class:`~ai4life_kit.prediction.Predictor` for a bioimage.io model zip."""
-    from ai4life_kit.prediction.predictor import Predictor
-
-    pkg = read_package(Path(path), weights=weights)
-    return Predictor(
-        pkg.model,
-        pkg.mean,
-        pkg.std,
-        pkg.target_mean,
-        pkg.target_std,
-        spatial_ndim=pkg.spatial_ndim,
-        depth=pkg.depth,
-        device=device,
-        halo=pkg.halo or None,
-        eps=pkg.eps,
-        algorithm=pkg.algorithm,
     )

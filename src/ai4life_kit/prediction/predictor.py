@@ -18,7 +18,9 @@ from ai4life_kit.data.views import CanonicalView
 from ai4life_kit.errors import DataError, ModelLoadError
 from ai4life_kit.models import halo_for_depth
 from ai4life_kit.models.unet import UNet
+from ai4life_kit.prediction.package_loader import read_package
 from ai4life_kit.prediction.tiling import TileGrid, TTATransform, plan_grid, predict_tiled, tta_transforms
+from ai4life_kit.rundir import ModelCheckpoint, checkpoint_path, load_checkpoint
 from ai4life_kit.runtime import autocast, channels_last, resolve_device
 
 __all__ = ["Predictor", "load_checkpoint", "DEFAULT_TILE", "STREAM_ABOVE_BYTES"]
@@ -48,20 +50,6 @@ def _run_algorithm(run_dir: Path) -> str | None:
         return load_spec(path).algorithm.name
     except ConfigError as exc:
         raise ModelLoadError(f"{run_dir} is not a usable run directory: {exc}") from None
-
-
-def load_checkpoint(path: Path) -> dict:
-    """Load a checkpoint dict with ``weights_only=True`` (never unpickles arbitrary objects)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ModelLoadError(f"checkpoint {path} does not exist (has training finished an epoch?)")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ModelLoadError(f"checkpoint {path} cannot be loaded ({type(exc).__name__}: {exc})") from None
-    if not isinstance(ckpt, dict) or "model_args" not in ckpt or "model_state" not in ckpt:
-        raise ModelLoadError(f"checkpoint {path} is not an ai4life-kit checkpoint")
-    return ckpt
 
 
 class Predictor:
@@ -161,12 +149,12 @@ class Predictor:
         if not norm_path.exists():
             raise ModelLoadError(f"{run_dir} is not an ai4life-kit run directory (no normalization.json)")
         read_normalization(norm_path)  # before the checkpoint: a garbage file is reported cheaply
-        ckpt = load_checkpoint(run_dir / "checkpoints" / f"{checkpoint}.pt")
-        args = ckpt["model_args"]
+        ckpt = ModelCheckpoint.read(checkpoint_path(run_dir, checkpoint))
+        args = ckpt.model_args
         n_in = int(args.get("in_channels", 1))
         norm = read_normalization(norm_path, n_in, int(args.get("out_channels", n_in)))
         model = UNet(**args)
-        model.load_state_dict(ckpt["model_state"])
+        model.load_state_dict(ckpt.model_state)
         return cls(
             model,
             norm.mean,
@@ -181,11 +169,22 @@ class Predictor:
         )
 
     @classmethod
-    def from_bioimageio(cls, path: Path, device: str | torch.device = "auto") -> Predictor:
-        """Load one of ai4life-kit's bioimage.io zips (torchscript weights + its normalisation)."""
-        from ai4life_kit.prediction.package_loader import load_predictor_from_package
-
-        return load_predictor_from_package(Path(path), device=device)
+    def from_bioimageio(cls, path: Path, device: str | torch.device = "auto", weights: str = "auto") -> Predictor:
+        """Load a bioimage.io model zip (TorchScript or state-dict weights, its normalisation)."""
+        pkg = read_package(Path(path), weights=weights)
+        return cls(
+            pkg.model,
+            pkg.mean,
+            pkg.std,
+            pkg.target_mean,
+            pkg.target_std,
+            spatial_ndim=pkg.spatial_ndim,
+            depth=pkg.depth,
+            device=device,
+            halo=pkg.halo or None,
+            eps=pkg.eps,
+            algorithm=pkg.algorithm,
+        )
 
     @classmethod
     def load(cls, model: Path, device: str | torch.device = "auto") -> Predictor:

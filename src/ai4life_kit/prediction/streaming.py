@@ -23,7 +23,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ai4life_kit.data.sources import ImageSource, MemmapTiffTarget, ZarrTarget, require_zarr
+from ai4life_kit.data.formats import require_zarr
+from ai4life_kit.data.sources import ImageSource
+from ai4life_kit.data.targets import MemmapTiffTarget, ZarrTarget
 from ai4life_kit.data.views import CanonicalView
 from ai4life_kit.errors import DataError
 from ai4life_kit.fileio import atomic_folder, atomic_path
@@ -194,8 +196,8 @@ def create_output(
 ) -> Iterator[ImageSource]:
     """A writable float32 image that appears at ``path`` (``.tif``/``.tiff`` or ``.zarr``) on success.
 
-    Yields a :class:`~ai4life_kit.data.sources.MemmapTiffTarget` or
-    :class:`~ai4life_kit.data.sources.ZarrTarget` living under a temporary name in the same
+    Yields a :class:`~ai4life_kit.data.targets.MemmapTiffTarget` or
+    :class:`~ai4life_kit.data.targets.ZarrTarget` living under a temporary name in the same
     folder; leaving the ``with`` block normally renames it to ``path``, an exception deletes it.
     ``chunks`` (native axes) applies to Zarr only.
 

@@ -30,33 +30,31 @@ from ai4life_kit.config.spec import StructN2VAlgorithm
 from ai4life_kit.data.augment import augment_batch
 from ai4life_kit.data.loading import TrainingSet, load_training_set, make_sampler, split_validation, training_stats
 from ai4life_kit.data.masking import MaskSpec, mask_batch
-from ai4life_kit.data.normalization import read_json_object, read_normalization
+from ai4life_kit.data.normalization import read_normalization
 from ai4life_kit.data.patches import PatchPositions
 from ai4life_kit.errors import DataError, ModelLoadError, OutputExistsError, UserInputError
 from ai4life_kit.fileio import DirLock, atomic_paths, atomic_write_text, check_location
 from ai4life_kit.models import build_model, model_args
-from ai4life_kit.prediction.predictor import load_checkpoint
+from ai4life_kit.rundir import (
+    RUN_ENTRIES,
+    RUN_LOCK,
+    RUN_MARKER,
+    ModelCheckpoint,
+    TrainingState,
+    TrainingSummary,
+    is_run_dir,
+    load_checkpoint,
+    read_marker,
+    read_summary,
+    write_summary,
+)
 from ai4life_kit.runtime import autocast, channels_last, resolve_device
 from ai4life_kit.training.distributed import DistContext, launch_world_size, local_batch_size
 from ai4life_kit.training.progress import EpochProgress
-from ai4life_kit.training.report import plot_losses, read_metrics, write_metrics, write_summary
+from ai4life_kit.training.report import plot_losses, read_metrics, write_metrics
 
 __all__ = ["RESUME_MAY_CHANGE", "RUN_ENTRIES", "RUN_LOCK", "RUN_MARKER", "train", "is_run_dir"]
 
-RUN_MARKER = "ai4life-kit-run.json"
-"""Written first into every new run directory: what makes a folder one that --overwrite may replace."""
-RUN_LOCK = ".ai4life-kit.lock"
-"""Held (``flock``) by the one process that trains into a run directory; deleted when it is done."""
-RUN_ENTRIES = (
-    RUN_MARKER,
-    "spec.yaml",
-    "normalization.json",
-    "checkpoints",
-    "metrics.csv",
-    "loss.png",
-    "training_summary.json",
-)
-"""Everything training writes at the top of a run directory, and so all that --overwrite deletes."""
 RESUME_MAY_CHANGE = (
     "training.epochs",
     "training.early_stopping_patience",
@@ -68,42 +66,6 @@ RESUME_MAY_CHANGE = (
 )
 """Spec fields a resume may change: how long to train and how to read the data, never what is learnt
 (the data files, model, patches, batches, validation, seed, optimiser and precision stay the run's)."""
-
-
-def _read_marker(path: Path) -> dict | None:
-    """The run directory's marker, or ``None`` if ``path`` has none (or one not written by the kit)."""
-    try:
-        marker = json.loads((path / RUN_MARKER).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return marker if isinstance(marker, dict) and marker.get("created_by") == "ai4life-kit" else None
-
-
-def _is_kit_checkpoint(path: Path) -> bool:
-    if not path.is_file():
-        return False
-    try:
-        load_checkpoint(path)
-    except ModelLoadError:
-        return False
-    return True
-
-
-def is_run_dir(path: Path) -> bool:
-    """Whether ``path`` is a run directory this tool created (safe to replace with --overwrite).
-
-    New run directories carry :data:`RUN_MARKER`; those of versions before it are recognised by
-    their ``spec.yaml`` next to an ai4life-kit ``checkpoints/last.pt`` or ``best.pt``. A folder with
-    just a ``checkpoints/`` (a PyTorch Lightning run, say) is not ours.
-    """
-    path = Path(path)
-    if not path.is_dir():
-        return False
-    if _read_marker(path) is not None:
-        return True
-    return (path / "spec.yaml").is_file() and any(
-        _is_kit_checkpoint(path / "checkpoints" / name) for name in ("last.pt", "best.pt")
-    )
 
 
 def _occupied(out: Path) -> bool:
@@ -296,10 +258,10 @@ def _file_differences(option: str, run: Sequence[str] | None, run_entries: list 
 
 def _recorded_files(out: Path) -> dict | None:
     """The files the run trained on: from its marker, else from the summary of a version that recorded them."""
-    marker = _read_marker(out)
+    marker = read_marker(out)
     if marker is not None and "files" in marker:
         return marker
-    summary = read_json_object(out / "training_summary.json", required=False)
+    summary = read_summary(out)
     # Before data_arguments existed, "files" held the raw arguments (a folder, a glob), not the files.
     return summary if "data_arguments" in summary else None
 
@@ -384,7 +346,7 @@ def _prepare_run_dir(
     if resume and not resuming and (ckpt_dir / "last.pt").is_file():
         raise OutputExistsError(f"another ai4life-kit process wrote {out} meanwhile: run the command again")
     if resuming:  # checked against the run by every rank (_check_resume), under this very lock
-        if _read_marker(out) is None:  # a run of an older version: marked from now on
+        if read_marker(out) is None:  # a run of an older version: marked from now on
             atomic_write_text(out / RUN_MARKER, json.dumps(_marker(ts), indent=2))
         save_spec(spec, out / "spec.yaml")  # what the resume changed (epochs, ...), recorded
     else:
@@ -407,7 +369,7 @@ def _prepare_run_dir(
         stale_tmp.unlink()  # left by a killed run: atomic writes never reached their rename
 
 
-def _write_epoch(out: Path, last: dict, best: dict | None, rows: list[dict]) -> None:
+def _write_epoch(out: Path, last: TrainingState, best: ModelCheckpoint | None, rows: list[dict]) -> None:
     """Checkpoints and metrics of a finished epoch (rank 0), written as one set.
 
     All files are written in full under temporary names before any is renamed, so a full disk
@@ -420,8 +382,8 @@ def _write_epoch(out: Path, last: dict, best: dict | None, rows: list[dict]) -> 
     with atomic_paths(targets) as temps:
         write_metrics(rows, temps[0])
         if best is not None:
-            torch.save(best, temps[1])
-        torch.save(last, temps[-1])
+            torch.save(best.to_dict(), temps[1])
+        torch.save(last.to_dict(), temps[-1])
 
 
 def _file_entries(
@@ -434,11 +396,11 @@ def _file_entries(
     ]
 
 
-def _write_report(out: Path, rows: list[dict], title: str, summary: dict) -> None:
+def _write_report(out: Path, rows: list[dict], title: str, summary: TrainingSummary) -> None:
     """Loss plot and training summary at the end of the session (rank 0)."""
     if rows:
         plot_losses(rows, out / "loss.png", title)
-    write_summary(summary, out / "training_summary.json")
+    write_summary(summary, out)
 
 
 def train(
@@ -581,13 +543,13 @@ def _train(
     start_epoch, step, best, stale = 0, 0, float("inf"), 0
     rows = []
     if resuming:
-        state = load_checkpoint(last_path)
-        model.load_state_dict(state["model_state"])
-        opt.load_state_dict(state["optimizer_state"])
-        sched.load_state_dict(state["scheduler_state"])
-        _restore_rng(gen, state, dist, cfg.seed)
-        start_epoch, step = state["epoch"], state["global_step"]
-        best, stale = state["best_val_loss"], state["epochs_without_improvement"]
+        state = TrainingState.read(last_path)
+        model.load_state_dict(state.model_state)
+        opt.load_state_dict(state.optimizer_state)
+        sched.load_state_dict(state.scheduler_state)
+        _restore_rng(gen, state.to_dict(), dist, cfg.seed)
+        start_epoch, step = state.epoch, state.global_step
+        best, stale = state.best_val_loss, state.epochs_without_improvement
         rows = [r for r in read_metrics(out / "metrics.csv") if r["epoch"] <= start_epoch]
     # Wrapped after loading the checkpoint: DDP starts every rank from rank 0's weights. `model` stays
     # the plain module for validation (rank 0 alone, no collectives) and for checkpoints.
@@ -643,29 +605,20 @@ def _train(
             else:
                 stale += 1
             rng_states = dist.all_gather_object(gen.get_state())  # CPU byte tensors: weights_only loads them
-            last = {
-                "model_args": model_args(spec),
-                "model_state": model.state_dict(),
-                "optimizer_state": opt.state_dict(),
-                "scheduler_state": sched.state_dict(),
-                "epoch": epoch,
-                "global_step": step,
-                "best_val_loss": best,
-                "epochs_without_improvement": stale,
-                "rng_state": rng_states[0],  # what single-process resumes (and older versions) read
-                "rng_states": rng_states,
-                "world_size": dist.world_size,
-            }
-            best_ckpt = (
-                {
-                    "model_args": model_args(spec),
-                    "model_state": last["model_state"],
-                    "epoch": epoch,
-                    "val_loss": val_loss,
-                }
-                if improved
-                else None
+            last = TrainingState(
+                model_args=model_args(spec),
+                model_state=model.state_dict(),
+                optimizer_state=opt.state_dict(),
+                scheduler_state=sched.state_dict(),
+                epoch=epoch,
+                global_step=step,
+                best_val_loss=best,
+                epochs_without_improvement=stale,
+                rng_state=rng_states[0],
+                rng_states=rng_states,
+                world_size=dist.world_size,
             )
+            best_ckpt = ModelCheckpoint(last.model_args, last.model_state, epoch, val_loss) if improved else None
             rows.append(
                 {
                     "epoch": epoch,
@@ -684,33 +637,33 @@ def _train(
                 finished_early = True
 
     best_row = min(rows, key=lambda r: r["val_loss"]) if rows else {}
-    summary = {
-        "algorithm": spec.algorithm.name,
+    summary = TrainingSummary(
+        algorithm=spec.algorithm.name,
         # The files the arguments resolved to (absolute), not the arguments: a folder or a glob
         # names no image, and packaging reads its test tensors from these very files.
-        "files": [str(p) for p in ts.paths],
-        "target_files": [str(p) for p in ts.target_paths] if ts.target_paths is not None else None,
-        "data_arguments": [str(p) for p in data],
-        "target_arguments": [str(p) for p in target] if target else None,
-        "inputs": _file_entries(ts.paths, ts.axes, ts.shapes, ts.dtypes),
+        files=[str(p) for p in ts.paths],
+        target_files=[str(p) for p in ts.target_paths] if ts.target_paths is not None else None,
+        data_arguments=[str(p) for p in data],
+        target_arguments=[str(p) for p in target] if target else None,
+        inputs=_file_entries(ts.paths, ts.axes, ts.shapes, ts.dtypes),
         # Targets have their inputs' shapes (load_training_set checks it).
-        "targets": _file_entries(ts.target_paths, ts.target_axes, ts.shapes, ts.target_dtypes)
+        targets=_file_entries(ts.target_paths, ts.target_axes, ts.shapes, ts.target_dtypes)
         if ts.target_paths is not None
         else None,
-        "validation": "held-out files"
+        validation="held-out files"
         if val_set is not None and len(ts.images) > 1
         else ("held-out region" if val_set is not None else "training patches (val_fraction 0)"),
-        "n_channels": ts.n_channels,
-        "data_loading": "lazy" if ts.lazy else "memory",
-        "processes": dist.world_size,
-        "epochs_run": int(rows[-1]["epoch"]) if rows else 0,
-        "early_stopped": finished_early,
-        "steps": step,
-        "best_epoch": best_row.get("epoch"),
-        "val_loss": best_row.get("val_loss"),
-        "val_psnr": best_row.get("val_psnr"),
-        "device": str(dev),
-        "seconds_this_session": time.perf_counter() - t_start,
-    }
+        n_channels=ts.n_channels,
+        data_loading="lazy" if ts.lazy else "memory",
+        processes=dist.world_size,
+        epochs_run=int(rows[-1]["epoch"]) if rows else 0,
+        early_stopped=finished_early,
+        steps=step,
+        best_epoch=best_row.get("epoch"),
+        val_loss=best_row.get("val_loss"),
+        val_psnr=best_row.get("val_psnr"),
+        device=str(dev),
+        seconds_this_session=time.perf_counter() - t_start,
+    )
     dist.run_on_main(_write_report, out, rows, f"{spec.name or spec.algorithm.name} ({spec.algorithm.name})", summary)
     return out

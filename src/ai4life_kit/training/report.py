@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from pathlib import Path
 
 from ai4life_kit.fileio import atomic_path, atomic_write_text
 
-__all__ = ["METRIC_FIELDS", "read_metrics", "write_metrics", "plot_losses", "write_summary"]
+__all__ = ["METRIC_FIELDS", "read_metrics", "write_metrics", "plot_losses"]
 
 METRIC_FIELDS = ["epoch", "step", "train_loss", "val_loss", "val_psnr", "lr", "patches_per_s", "seconds"]
 
@@ -65,8 +64,3 @@ def plot_losses(rows: list[dict], path: Path, title: str) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
     plt.close(fig)
-
-
-def write_summary(summary: dict, path: Path) -> None:
-    """The training summary (data, validation metrics, timing) as JSON."""
-    atomic_write_text(path, json.dumps(summary, indent=2, default=str))
