@@ -25,10 +25,11 @@ import pytest
 import tifffile
 
 from ai4life_kit.challenge import ctest, runner
-from ai4life_kit.challenge.context import find_torch_wheel, pinned_requirements, render_context
+from ai4life_kit.challenge.base_image import ensure_base_image
+from ai4life_kit.challenge.context import render_context
 from ai4life_kit.challenge.contract import OUTPUT_DIR, TRACKS, check_output
 from ai4life_kit.challenge.ctest import build_context_image
-from ai4life_kit.challenge.base_image import ensure_base_image
+from ai4life_kit.challenge.deps import find_torch_wheel, pinned_requirements
 from ai4life_kit.challenge.engine import build_image, find_engine, run_container
 from ai4life_kit.challenge.save import save_context_image
 from test_challenge_helpers import write_stack

@@ -16,13 +16,9 @@ import pytest
 import tifffile
 from typer.testing import CliRunner
 
-from ai4life_kit.challenge.context import (
-    build_kit_wheel,
-    load_context,
-    pinned_requirements,
-    render_context,
-    torch_requirement,
-)
+from ai4life_kit.challenge.context import load_context, render_context
+from ai4life_kit.challenge.deps import pinned_requirements, torch_requirement
+from ai4life_kit.challenge.kitwheel import build_kit_wheel
 from ai4life_kit.cli.app import app
 from ai4life_kit.errors import DataError, ModelLoadError, OutputExistsError, UserInputError
 from test_challenge_helpers import make_package
@@ -303,10 +299,10 @@ def test_a_torch_wheel_must_match_the_pinned_torch(tmp_path, package):
 
 
 def test_torch_wheel_is_found_where_pip_would_look(tmp_path, monkeypatch):
-    from ai4life_kit.challenge import context
+    from ai4life_kit.challenge import deps
 
     fake = tmp_path / "torch-9.9.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl"
     fake.write_bytes(b"")
     monkeypatch.setenv("AI4LIFE_KIT_WHEELS", str(tmp_path))
-    assert context.find_torch_wheel("torch==9.9.0+cpu") == fake
-    assert context.find_torch_wheel("torch==9.9.1+cpu") is None
+    assert deps.find_torch_wheel("torch==9.9.0+cpu") == fake
+    assert deps.find_torch_wheel("torch==9.9.1+cpu") is None

@@ -12,11 +12,13 @@ OUT/
   test/input/images/image-stack-<track>-noise/*.tif   small synthetic stacks in the real layout
   submission.json     name, image tag, track, models and their sha256, test cases
 ```
+
+The pins and the torch wheel come from :mod:`~ai4life_kit.challenge.deps`, the kit's wheel from
+:mod:`~ai4life_kit.challenge.kitwheel`; this module decides and writes the files.
 """
 
 from __future__ import annotations
 
-import base64
 import datetime as _dt
 import hashlib
 import json
@@ -28,24 +30,22 @@ import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
-from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ai4life_kit.challenge.contract import TRACKS, Track
+from ai4life_kit.challenge.deps import pinned_requirements, torch_pin, torch_wheel_for
+from ai4life_kit.challenge.kitwheel import build_kit_wheel
 from ai4life_kit.errors import ModelLoadError, UserInputError
 from ai4life_kit.fileio import prepare_output_dir
 
 __all__ = [
     "CONTEXT_FILE",
-    "INFERENCE_PACKAGES",
     "Context",
-    "build_kit_wheel",
-    "find_torch_wheel",
+    "image_name",
     "load_context",
-    "pinned_requirements",
     "render_context",
     "write_test_inputs",
 ]
@@ -53,26 +53,6 @@ __all__ = [
 CONTEXT_FILE = "submission.json"
 CONTEXT_FORMAT = 1
 IMAGE_UID = 10001
-PYTHON_TAG = "cp311"
-"""The image's Python (python:3.11-slim and Debian bookworm's python3)."""
-INFERENCE_PACKAGES = ("torch", "numpy", "tifffile", "PyYAML", "typer", "rich")
-"""What the entry point imports; everything else of ai4life-kit's dependencies stays out."""
-_SKIP_PREFIXES = ("nvidia-", "triton", "cuda-")  # GPU-only dependencies of CUDA torch builds
-# The image's environment, for requirement markers.
-_TARGET_MARKERS = {
-    "python_version": "3.11",
-    "python_full_version": "3.11.2",
-    "implementation_name": "cpython",
-    "platform_python_implementation": "CPython",
-    "os_name": "posix",
-    "sys_platform": "linux",
-    "platform_system": "Linux",
-    "platform_machine": "x86_64",
-    "platform_release": "",
-    "platform_version": "",
-    "implementation_version": "3.11.2",
-    "extra": "",
-}
 _NAME_RE = re.compile(r"^[a-z0-9]+(?:[._-][a-z0-9]+)*$")
 
 Log = Callable[[str], None]
@@ -120,85 +100,6 @@ def load_context(path: Path) -> Context:
 # -- pieces ---------------------------------------------------------------------------------------
 
 
-def _canonical(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-
-def _requirement_class() -> Any:
-    try:
-        from packaging.requirements import Requirement
-    except ImportError:  # pip always vendors it
-        from pip._vendor.packaging.requirements import Requirement  # type: ignore[no-redef]
-    return Requirement
-
-
-def torch_requirement(version: str) -> str:
-    """``torch==X.Y.Z+cpu`` for the installed torch's release: only the CPU build, never CUDA."""
-    return f"torch=={version.split('+')[0]}+cpu"
-
-
-def pinned_requirements(packages: Sequence[str] = INFERENCE_PACKAGES) -> list[str]:
-    """``name==version`` for ``packages`` and everything they need in the image, from this machine.
-
-    Requirement markers are evaluated for the image (Linux x86_64, CPython 3.11); CUDA-only
-    dependencies are left out and torch is pinned to its CPU build.
-    """
-    requirement_cls = _requirement_class()
-    pins: dict[str, str] = {}
-    queue = list(packages)
-    while queue:
-        name = queue.pop(0)
-        key = _canonical(name)
-        if key in pins or key.startswith(_SKIP_PREFIXES):
-            continue
-        try:
-            dist = distribution(name)
-        except PackageNotFoundError:
-            pins[key] = name  # unpinned: not installed here, so pip resolves it in the image
-            continue
-        proper = dist.metadata["Name"] or name
-        pins[key] = torch_requirement(dist.version) if key == "torch" else f"{proper}=={dist.version}"
-        for text in dist.requires or []:
-            req = requirement_cls(text)
-            if req.marker is None or req.marker.evaluate(_TARGET_MARKERS):
-                queue.append(req.name)
-    return [pins[k] for k in sorted(pins)]
-
-
-def _pip_find_links() -> list[str]:
-    """pip's ``find-links`` folders: ``$PIP_FIND_LINKS`` and the site/user ``pip.conf`` files."""
-    import configparser
-
-    folders = os.environ.get("PIP_FIND_LINKS", "").split()
-    home = Path.home()
-    for conf in (Path("/etc/pip.conf"), home / ".config" / "pip" / "pip.conf", home / ".pip" / "pip.conf"):
-        parser = configparser.ConfigParser()
-        try:
-            parser.read(conf, encoding="utf-8")
-        except (OSError, configparser.Error):
-            continue
-        folders += parser.get("global", "find-links", fallback="").split()
-    return folders
-
-
-def find_torch_wheel(requirement: str) -> Path | None:
-    """A local CPU torch wheel matching ``torch==X+cpu`` for cp311 / x86_64, if this machine has one.
-
-    Looks in ``$AI4LIFE_KIT_WHEELS``, pip's ``find-links`` folders and ``/opt/wheels``.
-    """
-    version = requirement.split("==", 1)[1]
-    folders = os.environ.get("AI4LIFE_KIT_WHEELS", "").replace(os.pathsep, " ").split()
-    folders += [*_pip_find_links(), "/opt/wheels"]
-    for folder in folders:
-        folder = folder.removeprefix("file://")
-        if not Path(folder).is_dir():
-            continue
-        hits = sorted(Path(folder).glob(f"torch-{version}-{PYTHON_TAG}-{PYTHON_TAG}-*linux*_x86_64.whl"))
-        if hits:
-            return hits[-1]
-    return None
-
-
 def _link_or_copy(src: Path, dst: Path) -> str:
     try:
         os.link(src, dst)
@@ -206,54 +107,6 @@ def _link_or_copy(src: Path, dst: Path) -> str:
     except OSError:
         shutil.copyfile(src, dst)
         return "copied"
-
-
-def build_kit_wheel(dest_dir: Path) -> Path:
-    """A pure-Python wheel of the installed ai4life-kit source (deterministic bytes, no build tools).
-
-    Only the package is included (no tests, no caches); dependencies are not declared because the
-    image installs them from ``requirements.txt`` and the kit with ``--no-deps``.
-    """
-    import ai4life_kit
-
-    pkg = Path(ai4life_kit.__file__).resolve().parent
-    version = ai4life_kit.__version__
-    dist_info = f"ai4life_kit-{version}.dist-info"
-    wheel = Path(dest_dir) / f"ai4life_kit-{version}-py3-none-any.whl"
-    files = sorted(
-        p for p in pkg.rglob("*") if p.is_file() and "__pycache__" not in p.parts and p.suffix not in (".pyc", ".pyo")
-    )
-    metadata = (
-        "Metadata-Version: 2.1\nName: ai4life-kit\n"
-        f"Version: {version}\nSummary: ai4life-kit (built into a challenge submission image)\n"
-        "Requires-Python: >=3.10\n"
-    )
-    meta_files = {
-        "METADATA": metadata,
-        "WHEEL": "Wheel-Version: 1.0\nGenerator: ai4life-kit\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
-        "entry_points.txt": "[console_scripts]\nai4life-kit = ai4life_kit.cli.app:main\n",
-        "top_level.txt": "ai4life_kit\n",
-    }
-    records: list[str] = []
-    with zipfile.ZipFile(wheel, "w") as zf:
-
-        def add(arcname: str, data: bytes) -> None:
-            info = zipfile.ZipInfo(arcname, date_time=(1980, 1, 1, 0, 0, 0))
-            info.external_attr = 0o644 << 16
-            info.compress_type = zipfile.ZIP_DEFLATED
-            zf.writestr(info, data)
-            digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
-            records.append(f"{arcname},sha256={digest},{len(data)}")
-
-        for f in files:
-            add("ai4life_kit/" + f.relative_to(pkg).as_posix(), f.read_bytes())
-        for fname, text in meta_files.items():
-            add(f"{dist_info}/{fname}", text.encode())
-        records.append(f"{dist_info}/RECORD,,")
-        add_record = zipfile.ZipInfo(f"{dist_info}/RECORD", date_time=(1980, 1, 1, 0, 0, 0))
-        add_record.external_attr = 0o644 << 16
-        zf.writestr(add_record, "\n".join(records) + "\n")
-    return wheel
 
 
 def _sha256(path: Path) -> str:
@@ -332,6 +185,28 @@ def image_name(out: Path, name: str | None) -> str:
 # -- the context ----------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """What :func:`render_context` decided; every file of the context is written from it."""
+
+    out: Path
+    """Where the context will live (named in its texts)."""
+    name: str
+    track: Track
+    paths: list[Path]
+    channels: list[int]
+    """Each model's channel count, in channel order."""
+    data_channels: int
+    """Channels of the test stacks."""
+    tta: bool
+    requirements: list[str]
+    torch_wheel: Path | None
+
+    @property
+    def torch_pin(self) -> str:
+        return torch_pin(self.requirements)
+
+
 def render_context(
     models: Sequence[Path],
     track: str,
@@ -350,7 +225,7 @@ def render_context(
     default every model is loaded with :func:`~ai4life_kit.challenge.runner.load_models`, which
     also proves it can be read without bioimageio.core, as in the image.
     """
-    from ai4life_kit.challenge.runner import channel_plan, load_models
+    from ai4life_kit.challenge.runner import load_models
 
     if track not in TRACKS:
         raise UserInputError(f"unknown track {track!r}; use one of {', '.join(TRACKS)}")
@@ -365,28 +240,17 @@ def render_context(
             raise ModelLoadError(f"model {p} is not a zip file (expected a bioimage.io package)")
     name = image_name(out, name)
     channels = list(n_channels) if n_channels is not None else [m.n_channels for m in load_models(paths)]
-    if trk.name == "structured":
-        # (S, Y, X) stacks have one channel: one 1-channel model.
-        channel_plan([_Channels(c) for c in channels], 1, "a structured-track stack (S, Y, X)")
-        data_channels = 1
-    else:
-        data_channels = len(channels) if len(channels) > 1 else (channels[0] if channels[0] > 1 else 3)
-        channel_plan([_Channels(c) for c in channels], data_channels, "the test stack")
-
+    data_channels = _data_channels(trk, channels)
     requirements = pinned_requirements()
-    torch_pin = next(r for r in requirements if r.startswith("torch=="))
-    wheel = Path(torch_wheel) if torch_wheel else find_torch_wheel(torch_pin)
-    if torch_wheel is not None:
-        wanted = f"torch-{torch_pin.split('==')[1]}-{PYTHON_TAG}-"
-        if not wheel.is_file() or not wheel.name.startswith(wanted):
-            raise UserInputError(f"torch wheel {torch_wheel} is not a {wanted}*.whl file (the image pins {torch_pin})")
+    wheel = torch_wheel_for(torch_pin(requirements), torch_wheel)
 
     out = prepare_output_dir(Path(out), overwrite, is_ours=lambda p: (p / CONTEXT_FILE).is_file())
+    plan = _Plan(out, name, trk, paths, channels, data_channels, tta, requirements, wheel)
     log(f"writing build context {out}")
     # Written next to `out` and renamed into place: a failure never leaves half a context behind.
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        _write_context(staging, out, name, trk, paths, channels, data_channels, requirements, wheel, tta, log)
+        _write_context(staging, plan, log)
         out.rmdir()
         os.replace(staging, out)
     finally:
@@ -395,25 +259,38 @@ def render_context(
     return load_context(out)
 
 
-def _write_context(
-    dest: Path,
-    out: Path,
-    name: str,
-    trk: Track,
-    paths: list[Path],
-    channels: list[int],
-    data_channels: int,
-    requirements: list[str],
-    wheel: Path | None,
-    tta: bool,
-    log: Log,
-) -> None:
-    """Every file of the context into ``dest`` (``out`` is where it will live, for the texts)."""
-    import ai4life_kit
+def _data_channels(track: Track, channels: list[int]) -> int:
+    """The test stacks' channel count for models with ``channels``; raise if they cannot serve ``track``."""
+    from ai4life_kit.challenge.runner import channel_plan
 
+    stand_ins = [_Channels(c) for c in channels]
+    if track.name == "structured":
+        # (S, Y, X) stacks have one channel: one 1-channel model.
+        channel_plan(stand_ins, 1, "a structured-track stack (S, Y, X)")
+        return 1
+    data_channels = len(channels) if len(channels) > 1 else (channels[0] if channels[0] > 1 else 3)
+    channel_plan(stand_ins, data_channels, "the test stack")
+    return data_channels
+
+
+def _write_context(dest: Path, plan: _Plan, log: Log) -> None:
+    """Every file of the context into ``dest`` (``plan.out`` is where it will live)."""
     os.chmod(dest, 0o755)
-    torch_pin = next(r for r in requirements if r.startswith("torch=="))
-    # model(s), in channel order
+    model_files = _copy_models(dest, plan.paths)
+    sha = {f: _sha256(dest / f) for f in model_files}
+    kit_wheel = _write_dependencies(dest, plan, log)
+    trk = plan.track
+    cases = write_test_inputs(dest / "test" / "input" / trk.input_dir, trk, plan.data_channels)
+    values = _template_values(plan, model_files, sha, kit_wheel.name)
+    (dest / "Dockerfile").write_text(_render(_template("Dockerfile.in"), values), encoding="utf-8")
+    (dest / "README.md").write_text(_render(_template("README.md.in"), values), encoding="utf-8")
+    (dest / ".dockerignore").write_text(_template("dockerignore.in"), encoding="utf-8")
+    info = _description(plan, model_files, sha, cases)
+    (dest / CONTEXT_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+
+
+def _copy_models(dest: Path, paths: list[Path]) -> list[str]:
+    """The model zip(s) into ``model/``, in channel order; their paths relative to ``dest``."""
     (dest / "model").mkdir()
     model_files = []
     for i, p in enumerate(paths):
@@ -421,34 +298,46 @@ def _write_context(
         shutil.copyfile(p, dest / "model" / fname)
         os.chmod(dest / "model" / fname, 0o644)
         model_files.append(f"model/{fname}")
-    sha = {f: _sha256(dest / f) for f in model_files}
-    # the kit, the requirements, the torch wheel
+    return model_files
+
+
+def _write_dependencies(dest: Path, plan: _Plan, log: Log) -> Path:
+    """``kit/`` (the kit's wheel, returned), ``wheels/`` (the torch wheel if any) and ``requirements.txt``."""
+    import ai4life_kit
+
     (dest / "kit").mkdir()
-    kit_wheel = build_kit_wheel(dest / "kit")
+    kit_wheel = build_kit_wheel(dest / "kit", log)
     (dest / "wheels").mkdir()
     (dest / "wheels" / "README.txt").write_text(
         "Wheels pip may install from (--find-links), e.g. the torch CPU wheel; may be empty.\n", encoding="utf-8"
     )
+    wheel = plan.torch_wheel
     if wheel is not None:
         how = _link_or_copy(wheel, dest / "wheels" / wheel.name)
         log(f"  torch wheel {wheel.name} {how} into wheels/")
     else:
-        log(f"  no local torch CPU wheel found: the build downloads {torch_pin} from the PyTorch CPU index")
+        log(f"  no local torch CPU wheel found: the build downloads {plan.torch_pin} from the PyTorch CPU index")
     # Nothing context-specific here: contexts with the same pins share the image's pip layer.
     header = (
         f"# Inference dependencies of an ai4life-kit {ai4life_kit.__version__} challenge image, pinned to the\n"
         "# versions it was tested with. torch is the CPU build (from wheels/ or the PyTorch CPU index).\n"
     )
-    (dest / "requirements.txt").write_text(header + "\n".join(requirements) + "\n", encoding="utf-8")
-    cases = write_test_inputs(dest / "test" / "input" / trk.input_dir, trk, data_channels)
-    # Dockerfile, README, .dockerignore
+    (dest / "requirements.txt").write_text(header + "\n".join(plan.requirements) + "\n", encoding="utf-8")
+    return kit_wheel
+
+
+def _template_values(plan: _Plan, model_files: list[str], sha: dict[str, str], kit_wheel: str) -> dict[str, str]:
+    """The placeholders of the Dockerfile and README templates."""
+    import ai4life_kit
+
+    trk, paths, tta, out = plan.track, plan.paths, plan.tta, plan.out
     container_models = [f"/opt/app/{f}" for f in model_files]
     entry = ["ai4life-kit", "challenge", "run"]
     for m in container_models:
         entry += ["--model", m]
     entry += ["--input-root", "/input", "--output-root", "/output"] + (["--tta"] if tta else [])
-    values = {
-        "name": name,
+    return {
+        "name": plan.name,
         "track": trk.name,
         "kit_version": ai4life_kit.__version__,
         "model_list": ", ".join(p.name for p in paths),
@@ -458,8 +347,8 @@ def _write_context(
         "model_args": " ".join(f"--model {m}" for m in container_models) + (" --tta" if tta else ""),
         "entrypoint": ", ".join(json.dumps(a) for a in entry),
         "entrypoint_shell": " ".join(entry),
-        "kit_wheel": kit_wheel.name,
-        "torch_pin": torch_pin,
+        "kit_wheel": kit_wheel,
+        "torch_pin": plan.torch_pin,
         "uid": str(IMAGE_UID),
         "interface": trk.interface,
         "input_dir": trk.input_dir,
@@ -468,27 +357,31 @@ def _write_context(
             ["ai4life-kit challenge build", *(str(p) for p in paths), f"--track {trk.name}", f"--out {out}"]
             + (["--tta"] if tta else [])
         ),
-        "channel_rule": _channel_rule(trk, channels),
+        "channel_rule": _channel_rule(trk, plan.channels),
     }
-    (dest / "Dockerfile").write_text(_render(_template("Dockerfile.in"), values), encoding="utf-8")
-    (dest / "README.md").write_text(_render(_template("README.md.in"), values), encoding="utf-8")
-    (dest / ".dockerignore").write_text(_template("dockerignore.in"), encoding="utf-8")
-    info = {
+
+
+def _description(
+    plan: _Plan, model_files: list[str], sha: dict[str, str], cases: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """The context's ``submission.json``."""
+    import ai4life_kit
+
+    return {
         "format": CONTEXT_FORMAT,
-        "name": name,
-        "image": f"{name}:latest",
-        "track": trk.name,
+        "name": plan.name,
+        "image": f"{plan.name}:latest",
+        "track": plan.track.name,
         "models": model_files,
         "model_sha256": sha,
-        "model_channels": channels,
-        "tta": tta,
+        "model_channels": plan.channels,
+        "tta": plan.tta,
         "kit_version": ai4life_kit.__version__,
-        "torch": torch_pin,
-        "torch_wheel": wheel.name if wheel else None,
+        "torch": plan.torch_pin,
+        "torch_wheel": plan.torch_wheel.name if plan.torch_wheel else None,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "test_cases": [{**c, "path": f"test/input/{trk.input_dir}/{c['path']}"} for c in cases],
+        "test_cases": [{**c, "path": f"test/input/{plan.track.input_dir}/{c['path']}"} for c in cases],
     }
-    (dest / CONTEXT_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
 
 
 @dataclass(frozen=True)
