@@ -155,7 +155,7 @@ def test_image_without_any_input_exits_nonzero_and_says_where_it_looked(engine, 
 
 
 def test_challenge_test_and_save_commands(engine, image, tmp_path):
-    report = ctest.test_context(image.path, log=print)
+    report = ctest.run_context_test(image.path, log=print)
     assert report.ok, report.to_dict()
     assert report.mode == engine.name and report.image_size_bytes > 100e6
     assert [c.name for c in report.cases] == [

@@ -34,13 +34,13 @@ from ai4life_kit.fileio import atomic_write_text
 
 __all__ = [
     "CaseCheck",
-    "TestReport",
+    "ContextTestReport",
     "build_context_image",
     "check_outputs",
     "format_report",
     "parse_summary",
     "run_direct",
-    "test_context",
+    "run_context_test",
 ]
 
 Log = Callable[[str], None]
@@ -62,7 +62,7 @@ class CaseCheck:
 
 
 @dataclass
-class TestReport:
+class ContextTestReport:
     """Everything ``challenge test`` measured; ``ok`` when the run exited 0 and every output is right."""
 
     context: str
@@ -206,7 +206,7 @@ def check_outputs(
     return checks, problems
 
 
-def test_context(
+def run_context_test(
     path: Path,
     *,
     engine: str = "auto",
@@ -215,7 +215,7 @@ def test_context(
     memory: str = "4g",
     timeout: float = 3600,
     log: Log = print,
-) -> TestReport:
+) -> ContextTestReport:
     """Build and run ``path``'s image on its test inputs (or ``input_root``) and check the outputs."""
     ctx = load_context(path)
     inputs = Path(input_root) if input_root else ctx.test_input
@@ -223,7 +223,7 @@ def test_context(
     output_root = _fresh_output_dir(ctx.path / "test" / "output")
     eng = find_engine(engine)
     if eng is not None:
-        report = TestReport(str(ctx.path), eng.name, eng.describe(), ctx.image)
+        report = ContextTestReport(str(ctx.path), eng.name, eng.describe(), ctx.image)
         report.base_image, report.build_seconds = build_context_image(eng, ctx, log, base_image)
         _, report.image_size_bytes = eng.image_info(ctx.image)
         log(f"built in {report.build_seconds:.0f} s, image size {report.image_size_bytes / 1e6:.0f} MB")
@@ -231,7 +231,7 @@ def test_context(
         run = run_container(eng, ctx.image, input_dir=inputs, output_dir=output_root, memory=memory, timeout=timeout)
         rc, output, report.run_seconds = run.returncode, run.output, run.seconds
     else:
-        report = TestReport(str(ctx.path), "direct", None, None)
+        report = ContextTestReport(str(ctx.path), "direct", None, None)
         log(
             "no container engine found (no docker daemon, no podman): running the entry point directly on the "
             "same folders; this tests the predictor and the contract, NOT the image (run scripts/setup-podman.sh)"
@@ -250,7 +250,7 @@ def test_context(
     return report
 
 
-def format_report(report: TestReport) -> str:
+def format_report(report: ContextTestReport) -> str:
     """A readable summary: how it ran, one line per case, the verdict."""
     lines = []
     how = {"direct": "entry point run directly (no container engine)"}.get(

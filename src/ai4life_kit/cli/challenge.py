@@ -80,9 +80,9 @@ def test(
     timeout: Annotated[int, typer.Option(min=1, help="Seconds the run may take.")] = 3600,
 ) -> None:
     """Build the image and run it like Grand Challenge (no network, read-only), then check every output."""
-    from ai4life_kit.challenge.ctest import format_report, test_context
+    from ai4life_kit.challenge.ctest import format_report, run_context_test
 
-    report = test_context(
+    report = run_context_test(
         context, engine=engine, base_image=base_image, input_root=input_root, memory=memory, timeout=timeout, log=_say
     )
     _say(format_report(report))
