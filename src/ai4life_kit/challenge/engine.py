@@ -1,3 +1,4 @@
+# About 410 lines, kept whole: set-up, build and run all go through one Engine and its private store.
 """Container engines: docker with a reachable daemon, or rootful podman set up to need neither.
 
 Podman is set up so that it works on machines without a Docker daemon or a reachable registry,
