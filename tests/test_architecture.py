@@ -15,7 +15,7 @@ SRC = Path(__file__).parents[1] / "src"
 
 # Lower layers never import higher ones (docs/architecture.md, "Dependency direction").
 LAYERS = [
-    {"errors", "fileio", "runtime"},
+    {"errors", "locks", "fileio", "runtime"},
     {"config", "models", "data", "metrics"},
     {"simulate", "rundir"},
     {"prediction"},

@@ -16,8 +16,8 @@ from ai4life_kit.errors import ConfigError
 from ai4life_kit.prediction import Predictor
 from ai4life_kit.simulate import simulate_dataset
 from ai4life_kit.training.distributed import DistContext, local_batch_size
-from ai4life_kit.training.loop import _rank_seed, _restore_rng
 from ai4life_kit.training.report import read_metrics
+from ai4life_kit.training.session import _rank_seed, _restore_rng
 from kit_helpers import psnr_gain, run_cli, small_spec
 
 EPOCHS, STEPS = 4, 25  # the single-process quality tests' budget: 100 steps of 16 patches
