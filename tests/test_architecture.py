@@ -17,7 +17,7 @@ SRC = Path(__file__).parents[1] / "src"
 LAYERS = [
     {"errors", "locks", "fileio", "runtime"},
     {"config", "models", "data", "metrics"},
-    {"simulate", "rundir"},
+    {"simulate", "rundir", "evaluation"},
     {"prediction"},
     {"training", "export"},
     {"challenge"},
