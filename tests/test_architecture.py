@@ -13,7 +13,7 @@ from pathlib import Path
 
 SRC = Path(__file__).parents[1] / "src"
 
-# Lower layers never import higher ones (docs/architecture.md, "Dependency direction").
+# Lower layers never import higher ones (docs/architecture.md, "Modules ..., bottom layer first").
 LAYERS = [
     {"errors", "locks", "fileio", "runtime"},
     {"config", "models", "data", "metrics"},
