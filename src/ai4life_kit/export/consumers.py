@@ -189,6 +189,105 @@ def _blockwise_cell(result: dict[str, Any]) -> Cell:
     return Cell("passed" if result["passed"] else "failed", detail)
 
 
+def _check_names(consumers: list[str] | None) -> list[str]:
+    """The consumers to test (all by default); an unknown name is a :class:`UserInputError`."""
+    names = consumers or list(CONSUMERS)
+    unknown = [n for n in names if n not in CONSUMERS]
+    if unknown:
+        raise UserInputError(f"unknown consumer {unknown[0]!r}; choose from {', '.join(CONSUMERS)}")
+    return names
+
+
+def _current_row(name: str, pkg, present: list[str], report: ConsumerReport) -> dict[str, Cell]:
+    """``bioimageio test`` of each weight format in this process; records this environment's versions."""
+    from ai4life_kit.export.validate import run_package_test
+
+    row: dict[str, Cell] = {}
+    for wf in present:
+        r = run_package_test(pkg.zip, weight_format=wf)
+        row[wf] = _report_cell(r)
+        report.versions[name] = {**_this_environment(), **r.stack}
+    return row
+
+
+def _probe_job(consumer: Consumer, pkg, users: list[str], work: Path, present: list[str]) -> dict[str, Any]:
+    """What the probe in ``consumer``'s runtime runs: its checks, each with the inputs it needs."""
+    job: dict[str, Any] = {"checks": []}
+    if "bioimageio" in consumer.checks:
+        job["checks"].append("bioimageio")
+        job["bioimageio"] = {
+            "zip": str(pkg.zip),
+            "weight_formats": present,
+            "github_users": users,
+            "testrun_module": str(_TESTRUN),
+        }
+    if "blockwise" in consumer.checks:
+        job["checks"].append("blockwise")
+        job["blockwise"] = {**blockwise_job(pkg, work), "weight_formats": present[:1]}
+    if "engine" in consumer.checks:
+        job["checks"].append("engine")
+        job["engine"] = {
+            "weights": {wf: str(pkg.file(source(pkg.weights[wf]))) for wf in present},
+            "cases": engine_cases(pkg, work),
+            "input_axes": pkg.axis_ids(pkg.input),
+            "output_axes": pkg.axis_ids(pkg.output),
+            "preprocessing": numpy_processing(pkg, "preprocessing", pkg.input),
+            "postprocessing": numpy_processing(pkg, "postprocessing", pkg.output),
+        }
+    return job
+
+
+def _probe_cell(name: str, pkg, wf: str, out: dict[str, Any], versions: dict[str, str]) -> Cell:
+    """One weight format's cell from the probe's results: failed if any of its checks failed."""
+    by_check = {(r.get("check"), r.get("weight_format")): r for r in out["results"]}
+    engine = f"torch {versions.get('torch', '?')}"
+    cells = []
+    if (r := by_check.get(("bioimageio", wf))) is not None:
+        cells.append(_bioimageio_cell(r))
+    if (r := by_check.get(("blockwise", wf))) is not None:
+        cells.append(_blockwise_cell(r))
+    if (r := by_check.get(("engine", wf))) is not None:
+        label = engine if wf == "torchscript" else f"onnxruntime {versions.get('onnxruntime', '?')}"
+        if name == "deepimagej" and wf == "torchscript":
+            label += f" (JDLL picks libtorch {engine_version(pkg)})"
+        cells.append(_engine_cell(r, label))
+    if not cells:
+        cells.append(Cell("failed", out.get("error") or "no result"))
+    failed = [c for c in cells if c.failed]
+    return Cell("failed" if failed else "passed", "; ".join(c.detail for c in (failed or cells)))
+
+
+def _runtime_row(
+    name: str,
+    consumer: Consumer,
+    pkg,
+    present: list[str],
+    *,
+    users: list[str],
+    work: Path,
+    cache: Path | None,
+    timeout: float,
+    say: Callable[[str], None],
+    report: ConsumerReport,
+) -> dict[str, Cell]:
+    """Run ``consumer``'s checks in its runtime (installed on first use); records the runtime's versions."""
+    python = ensure_runtime(consumer.runtime, cache, say)
+    job = _probe_job(consumer, pkg, users, work, present)
+    out = _run_probe(python, job, work, timeout) if job["checks"] else {"results": []}
+    report.versions[name] = out.get("versions", {})
+    return {wf: _probe_cell(name, pkg, wf, out, report.versions[name]) for wf in present}
+
+
+def _fill_not_applicable(consumer: Consumer, row: dict[str, Cell]) -> None:
+    """``n/a`` for the formats ``consumer`` runs but the package lacks, and for those it never runs."""
+    for wf in consumer.weight_formats:
+        if wf not in row:
+            row[wf] = Cell("n/a", "not in the package")
+    for wf in WEIGHT_FORMATS:
+        if wf not in consumer.weight_formats:
+            row.setdefault(wf, Cell("n/a", f"{consumer.title} does not run {wf}"))
+
+
 def run_consumers(
     path: Path,
     consumers: list[str] | None = None,
@@ -207,12 +306,9 @@ def run_consumers(
     Ai4LifeKitError
         A runtime could not be installed (no PyPI and no cached copy).
     """
-    from ai4life_kit.export.validate import github_users_in, run_package_test
+    from ai4life_kit.export.validate import github_users_in
 
-    names = consumers or list(CONSUMERS)
-    unknown = [n for n in names if n not in CONSUMERS]
-    if unknown:
-        raise UserInputError(f"unknown consumer {unknown[0]!r}; choose from {', '.join(CONSUMERS)}")
+    names = _check_names(consumers)
     say = log or (lambda _m: None)
     # Absolute: the probes run in a temporary folder, and a bare name would read as a bioimage.io id.
     path = Path(path).resolve()
@@ -233,63 +329,23 @@ def run_consumers(
                 continue
             say(f"{consumer.title}: testing {', '.join(present) or 'no weights it runs'}")
             if consumer.runtime is None:
-                for wf in present:
-                    r = run_package_test(pkg.zip, weight_format=wf)
-                    row[wf] = _report_cell(r)
-                    report.versions[name] = {**_this_environment(), **r.stack}
+                row.update(_current_row(name, pkg, present, report))
             else:
-                python = ensure_runtime(consumer.runtime, cache, say)
-                job: dict[str, Any] = {"checks": []}
-                if "bioimageio" in consumer.checks:
-                    job["checks"].append("bioimageio")
-                    job["bioimageio"] = {
-                        "zip": str(pkg.zip),
-                        "weight_formats": present,
-                        "github_users": users,
-                        "testrun_module": str(_TESTRUN),
-                    }
-                if "blockwise" in consumer.checks:
-                    job["checks"].append("blockwise")
-                    job["blockwise"] = {**blockwise_job(pkg, work), "weight_formats": present[:1]}
-                if "engine" in consumer.checks:
-                    job["checks"].append("engine")
-                    job["engine"] = {
-                        "weights": {wf: str(pkg.file(source(pkg.weights[wf]))) for wf in present},
-                        "cases": engine_cases(pkg, work),
-                        "input_axes": pkg.axis_ids(pkg.input),
-                        "output_axes": pkg.axis_ids(pkg.output),
-                        "preprocessing": numpy_processing(pkg, "preprocessing", pkg.input),
-                        "postprocessing": numpy_processing(pkg, "postprocessing", pkg.output),
-                    }
-                out = _run_probe(python, job, work, timeout) if job["checks"] else {"results": []}
-                report.versions[name] = out.get("versions", {})
-                by_check = {(r.get("check"), r.get("weight_format")): r for r in out["results"]}
-                engine = f"torch {report.versions[name].get('torch', '?')}"
-                for wf in present:
-                    cells = []
-                    if (r := by_check.get(("bioimageio", wf))) is not None:
-                        cells.append(_bioimageio_cell(r))
-                    if (r := by_check.get(("blockwise", wf))) is not None:
-                        cells.append(_blockwise_cell(r))
-                    if (r := by_check.get(("engine", wf))) is not None:
-                        label = (
-                            engine
-                            if wf == "torchscript"
-                            else f"onnxruntime {report.versions[name].get('onnxruntime', '?')}"
-                        )
-                        if name == "deepimagej" and wf == "torchscript":
-                            label += f" (JDLL picks libtorch {engine_version(pkg)})"
-                        cells.append(_engine_cell(r, label))
-                    if not cells:
-                        cells.append(Cell("failed", out.get("error") or "no result"))
-                    failed = [c for c in cells if c.failed]
-                    row[wf] = Cell("failed" if failed else "passed", "; ".join(c.detail for c in (failed or cells)))
-            for wf in consumer.weight_formats:
-                if wf not in row:
-                    row[wf] = Cell("n/a", "not in the package")
-            for wf in WEIGHT_FORMATS:
-                if wf not in consumer.weight_formats:
-                    row.setdefault(wf, Cell("n/a", f"{consumer.title} does not run {wf}"))
+                row.update(
+                    _runtime_row(
+                        name,
+                        consumer,
+                        pkg,
+                        present,
+                        users=users,
+                        work=work,
+                        cache=cache,
+                        timeout=timeout,
+                        say=say,
+                        report=report,
+                    )
+                )
+            _fill_not_applicable(consumer, row)
             report.cells[name] = row
             report.seconds[name] = round(time.perf_counter() - t0, 1)
     return report
