@@ -23,7 +23,7 @@ from ai4life_kit.data import sources, targets
 from ai4life_kit.data.loading import load_training_set, split_validation
 from ai4life_kit.errors import DataError, UserInputError
 from ai4life_kit.export import load_run, package_run
-from ai4life_kit.export.docs import COVER_MAX_BYTES, write_cover
+from ai4life_kit.export.cover import COVER_MAX_BYTES, write_cover
 from ai4life_kit.export.testdata import make_test_input, training_files, valid_size
 from ai4life_kit.models.unet import UNet
 from ai4life_kit.simulate import simulate_dataset

@@ -464,6 +464,7 @@ def package_run(
     """
     check_dependencies(onnx=onnx, run_test=run_test)  # before any work: fail in a second, not minutes
     from ai4life_kit.export import docs, weights
+    from ai4life_kit.export.cover import write_cover
     from ai4life_kit.export.validate import TestReport, check_format, run_package_test
 
     t0 = time.perf_counter()
@@ -546,7 +547,7 @@ def package_run(
             weight_formats=formats,
             synthetic_test=test_in.synthetic,
         )
-        docs.write_cover(files["cover"], test_in.array, test_out)
+        write_cover(files["cover"], test_in.array, test_out)
 
         t = time.perf_counter()
         say("building the bioimage.io description")

@@ -1,9 +1,11 @@
-"""Documentation (README.md with a ``## Validation`` section) and the cover image of a package."""
+"""The README.md of a package (with a ``## Validation`` section) and how each algorithm is credited.
+
+The cover image is :mod:`ai4life_kit.export.cover`.
+"""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,11 +16,9 @@ from ai4life_kit.export.rundir import RunInfo
 
 __all__ = [
     "ALGORITHMS",
-    "COVER_MAX_BYTES",
     "AlgorithmInfo",
     "algorithm_info",
     "write_documentation",
-    "write_cover",
     "validation_metrics",
 ]
 
@@ -222,29 +222,11 @@ def _input_step(run: RunInfo) -> str:
     return "`scale_linear` (gain 1/std, offset -mean/std: a std this small would drown in consumers' eps of 1e-6)"
 
 
-def write_documentation(
-    path: Path,
-    run: RunInfo,
-    *,
-    name: str,
-    description: str,
-    test_source: str,
-    weight_formats: list[str],
-    synthetic_test: bool = False,
-) -> Path:
-    """Write the package README (model, training, ``## Validation``, usage, citation).
-
-    ``synthetic_test`` says the test tensors are synthetic noise (``--synthetic-test-data``), which
-    the README then states plainly: a reader must not take them, or the cover, for real data.
-    """
-    spec = run.spec
-    algos = algorithm_info(run)
-    algo = algos[0]
+def _model_section(run: RunInfo, algo: AlgorithmInfo, weight_formats: list[str]) -> list[str]:
+    """``## Model``: algorithm, network, tensors, processing with the training statistics, weight formats."""
     dims = run.dims
     axes = "b, c, z, y, x" if dims == 3 else "b, c, y, x"
     n_params = sum(int(np.prod(t.shape)) for t in run.model_state.values() if hasattr(t, "shape"))
-    metrics = validation_metrics(run)
-    t = spec.training
     norm = ", ".join(
         f"channel {c}: mean {m:.4g}, std {s:.4g}" for c, (m, s) in enumerate(zip(run.mean, run.std, strict=True))
     )
@@ -252,11 +234,7 @@ def write_documentation(
         f"channel {c}: gain {s:.4g}, offset {m:.4g}"
         for c, (m, s) in enumerate(zip(run.target_mean, run.target_std, strict=True))
     )
-    lines = [
-        f"# {name}",
-        "",
-        description,
-        "",
+    return [
         "## Model",
         "",
         f"- Algorithm: {algo.title}, {algo.summary}.",
@@ -270,6 +248,14 @@ def write_documentation(
         f"- Post-processing: `scale_linear` back to raw intensities ({out_norm}).",
         f"- Weight formats: {', '.join(f'`{w}`' for w in weight_formats)}.",
         "",
+    ]
+
+
+def _training_section(run: RunInfo, algo: AlgorithmInfo) -> list[str]:
+    """``## Training``: the schedule of the spec and the training data (:func:`_data_lines`)."""
+    spec = run.spec
+    t = spec.training
+    return [
         "## Training",
         "",
         f"Trained with ai4life-kit using {algo.title}: "
@@ -280,13 +266,17 @@ def write_documentation(
         "",
         *_data_lines(run),
         "",
-        "## Validation",
-        "",
     ]
+
+
+def _validation_section(run: RunInfo, test_source: str, synthetic_test: bool) -> list[str]:
+    """``## Validation``: the validation metrics, what the test tensors are, how to validate on own data."""
+    metrics = validation_metrics(run)
+    lines = ["## Validation", ""]
     if metrics:
         lines += [
             "Metrics measured during training on the held-out validation split "
-            f"({spec.data.val_fraction:.0%} of the data):",
+            f"({run.spec.data.val_fraction:.0%} of the data):",
             "",
             "| metric | value |",
             "|---|---|",
@@ -312,6 +302,14 @@ def write_documentation(
         "To validate the model on your own data, denoise held-out images and compare them with ground truth "
         "(e.g. PSNR / SSIM), or inspect residuals (input - output) for structure: they should look like noise.",
         "",
+    ]
+    return lines
+
+
+def _usage_section(run: RunInfo) -> list[str]:
+    """``## Usage`` (our CLI, bioimageio's, other consumers) and ``## Limitations``."""
+    spec = run.spec
+    return [
         "## Usage",
         "",
         "```",
@@ -332,120 +330,45 @@ def write_documentation(
             else "its quality is bounded by the quality of the training targets."
         ),
         "",
+    ]
+
+
+def _references_section(algos: list[AlgorithmInfo]) -> list[str]:
+    """``## References``: one line per credited algorithm, with its DOI or URL."""
+    return [
         "## References",
         "",
         *[f"- {a.cite_text}" + (f" doi:{a.doi}" if a.doi else f" {a.url}") for a in algos],
         "",
     ]
+
+
+def write_documentation(
+    path: Path,
+    run: RunInfo,
+    *,
+    name: str,
+    description: str,
+    test_source: str,
+    weight_formats: list[str],
+    synthetic_test: bool = False,
+) -> Path:
+    """Write the package README (model, training, ``## Validation``, usage, citation).
+
+    ``synthetic_test`` says the test tensors are synthetic noise (``--synthetic-test-data``), which
+    the README then states plainly: a reader must not take them, or the cover, for real data.
+    """
+    algos = algorithm_info(run)
+    lines = [
+        f"# {name}",
+        "",
+        description,
+        "",
+        *_model_section(run, algos[0], weight_formats),
+        *_training_section(run, algos[0]),
+        *_validation_section(run, test_source, synthetic_test),
+        *_usage_section(run),
+        *_references_section(algos),
+    ]
     path.write_text("\n".join(lines), encoding="utf-8")
     return path
-
-
-# bioimage.io shows covers at 2:1 and asks for files under 500 kB.
-COVER_MAX_BYTES = 500_000
-_PERCENTILES = (1.0, 99.8)
-
-
-def _plane(tensor: np.ndarray) -> np.ndarray:
-    """``b, c, (z), y, x`` -> ``c, y, x``: the first batch item, the middle Z slice of a stack."""
-    a = np.asarray(tensor, dtype=np.float32)[0]
-    return a[:, a.shape[1] // 2] if a.ndim == 4 else a
-
-
-def _shared_stretch(planes: list[np.ndarray]) -> list[tuple[float, float]]:
-    """Per-channel ``(lo, hi)`` percentiles over all ``planes`` together (up to three channels).
-
-    One stretch for input and output, so the panels compare like for like: a separate stretch
-    per panel would hide how much the output's intensities differ from the input's.
-    """
-    ranges = []
-    for c in range(min(3, planes[0].shape[0])):
-        values = np.concatenate([p[c].ravel() for p in planes if c < p.shape[0]])
-        lo, hi = (float(v) for v in np.percentile(values, _PERCENTILES))
-        ranges.append((lo, hi if hi > lo else lo + 1.0))
-    return ranges
-
-
-def _to_display(plane: np.ndarray, ranges: list[tuple[float, float]]) -> np.ndarray:
-    """``c, y, x`` float -> ``y, x`` (one channel: grey) or ``y, x, 3`` (composite) uint8."""
-    chans = [np.clip((plane[c] - lo) / (hi - lo), 0, 1) for c, (lo, hi) in enumerate(ranges)]
-    if len(chans) == 1:
-        out = chans[0]
-    elif len(chans) == 2:  # magenta / green: readable for colour-blind viewers too
-        out = np.stack([chans[0], chans[1], chans[0]], axis=-1)
-    else:
-        out = np.stack(chans, axis=-1)
-    return (out * 255).round().astype(np.uint8)
-
-
-def _font(size: int):
-    from PIL import ImageFont
-
-    try:
-        return ImageFont.load_default(size=size)  # scalable with FreeType (Pillow >= 10.1)
-    except (TypeError, ValueError, OSError):  # pragma: no cover - Pillow without FreeType
-        return ImageFont.load_default()
-
-
-def _render_cover(planes: list[np.ndarray], labels: Sequence[str], side: int):
-    """The two panels side by side, each ``side`` pixels square, labelled in their top-left corner."""
-    from PIL import Image, ImageDraw
-
-    ranges = _shared_stretch(planes)
-    displays = [_to_display(p, ranges) for p in planes]
-    mode = "L" if displays[0].ndim == 2 else "RGB"
-    canvas = Image.new(mode, (2 * side, side), 0)
-    draw = ImageDraw.Draw(canvas)
-    font = _font(max(12, side // 14))
-    gap = max(2, side // 128)  # a thin white separator between the panels
-    for k, (disp, label) in enumerate(zip(displays, labels, strict=True)):
-        h, w = disp.shape[:2]
-        scale = side / max(h, w)
-        size = (max(1, round(w * scale)), max(1, round(h * scale)))
-        # Enlarged pixels stay sharp (no invented smoothness); reduced ones are averaged.
-        resample = Image.Resampling.NEAREST if scale >= 1 else Image.Resampling.LANCZOS
-        img = Image.fromarray(disp).resize(size, resample)
-        x0, y0 = k * side + (side - size[0]) // 2, (side - size[1]) // 2
-        canvas.paste(img, (x0, y0))
-        pad = max(3, side // 64)
-        box = draw.textbbox((k * side + 2 * pad, 2 * pad), label, font=font)
-        draw.rectangle((box[0] - pad, box[1] - pad, box[2] + pad, box[3] + pad), fill=0)
-        draw.text((k * side + 2 * pad, 2 * pad), label, fill=255 if mode == "L" else (255, 255, 255), font=font)
-    draw.rectangle((side - gap // 2, 0, side + (gap - gap // 2) - 1, side - 1), fill=255 if mode == "L" else "white")
-    return canvas
-
-
-def write_cover(
-    path: Path,
-    test_input: np.ndarray,
-    test_output: np.ndarray,
-    side: int = 384,
-    labels: Sequence[str] = ("input", "output (denoised)"),
-    max_bytes: int = COVER_MAX_BYTES,
-) -> Path:
-    """A 2:1 PNG: input | output of the test tensors, with one contrast stretch, labelled.
-
-    Parameters
-    ----------
-    path
-        PNG to write.
-    test_input, test_output
-        Raw ``b, c, (z), y, x`` tensors; 3D shows the middle Z slice, two channels a
-        magenta/green composite, three or more the first three as RGB.
-    side
-        Height of the cover (each panel is ``side`` pixels square); reduced until the file is
-        under ``max_bytes`` (noise compresses badly).
-    labels
-        Text drawn on the two panels.
-    """
-    import io
-
-    planes = [_plane(test_input), _plane(test_output)]
-    while True:
-        buf = io.BytesIO()
-        _render_cover(planes, labels, side).save(buf, format="PNG", optimize=True)
-        if buf.tell() <= max_bytes or side <= 64:
-            break
-        side = max(64, int(side * 0.8))
-    Path(path).write_bytes(buf.getvalue())
-    return Path(path)
