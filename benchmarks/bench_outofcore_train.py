@@ -8,8 +8,8 @@ For each size, a stack of 2048x2048 uint16 planes (pixel values from a Poisson-n
 written plane by plane so the script itself never holds the data) is written as one BigTIFF,
 and ``ai4life-kit train`` (N2V2, the shipped 2D recipe at depth 2 / width 32, 64x64 patches,
 batch 16) runs on it in a subprocess with ``data.loading: lazy``, and with ``memory`` for the
-sizes up to ``--memory-up-to-gb`` (the in-memory path holds the float32 data twice while it
-normalises, so larger sizes would not fit this machine). Reported per run: the child's peak RSS
+sizes up to ``--memory-up-to-gb`` (the in-memory path holds the data once as float32, about
+2.4x the uint16 size at peak with torch, so much larger sizes would not fit this machine). Reported per run: the child's peak RSS
 (``ru_maxrss``), the wall time to the first finished epoch (opening the data, sampling the
 normalisation statistics), training patches/s, and the validation loss at the end.
 
