@@ -21,7 +21,8 @@ from ai4life_kit.config import parse_spec, save_spec
 from ai4life_kit.errors import Ai4LifeKitError, DataError, ModelLoadError, OutputExistsError, UserInputError
 from ai4life_kit.export import build as build_mod
 from ai4life_kit.export import check_format, inspect_zip, load_run, package_run, run_package_test
-from ai4life_kit.export.build import _patch_rdf_for_old_consumers, failed_package_path
+from ai4life_kit.export.build import failed_package_path
+from ai4life_kit.export.package_zip import patch_rdf_for_old_consumers as _patch_rdf_for_old_consumers
 from ai4life_kit.export.rundir import halo_for_depth
 from ai4life_kit.export.testdata import make_test_input, min_size, valid_size
 from ai4life_kit.models.unet import UNet, receptive_field_radius

@@ -96,8 +96,7 @@ def _bioimageio_predict(out, weight_format: str, image: np.ndarray, blocksize: i
     from bioimageio.spec import load_description
     from loguru import logger
 
-    from ai4life_kit.export._testrun import collect_leaked_files
-    from ai4life_kit.export.build import register_github_users
+    from ai4life_kit.export._testrun import collect_leaked_files, register_github_users
 
     register_github_users([GITHUB_USER])
     logger.disable("bioimageio")
