@@ -1,7 +1,10 @@
 """Build, write and test a bioimage.io model package from a run directory.
 
-The description is built by :mod:`ai4life_kit.export.descr`; the zip is written by
-:mod:`ai4life_kit.export.package_zip`, which says why the rdf is written as format 0.5.4.
+:func:`package_run` is the whole sequence, one step per function: check the arguments, load
+the run and compute the test tensors, write the package's files into a scratch folder, build
+the description (:mod:`ai4life_kit.export.descr`), write the zip
+(:mod:`ai4life_kit.export.package_zip`, which says why the rdf is written as format 0.5.4),
+check its format and test it with bioimageio.core.
 
 The zip is written under a temporary name next to ``out``, tested with bioimageio.core, and
 only renamed to ``out`` when the test passed.
@@ -20,10 +23,11 @@ from typing import Any
 import numpy as np
 
 from ai4life_kit.errors import Ai4LifeKitError, UserInputError
+from ai4life_kit.export.contents import PackageInputs, write_package_files
 from ai4life_kit.export.descr import build_checked, build_model_descr, default_description, default_name, package_tags
 from ai4life_kit.export.package_zip import COMPAT_FORMAT_VERSION, RDF_NAME, write_zip
 from ai4life_kit.export.rundir import RunInfo, load_run
-from ai4life_kit.export.testdata import TestInput, make_test_input, min_size
+from ai4life_kit.export.testdata import make_test_input
 from ai4life_kit.fileio import (
     apply_umask_mode,
     check_writable,
@@ -120,19 +124,6 @@ def compute_test_output(run: RunInfo, model, array: np.ndarray) -> np.ndarray:
     return denormalise(np.ascontiguousarray(y, np.float32), run.target_mean, run.target_std, run.dims)
 
 
-def _write_tiff(path: Path, array: np.ndarray) -> None:
-    """Sample tensor TIFF in tensor axis order (batch dropped), ImageJ hyperstack when possible."""
-    import tifffile
-
-    data = np.ascontiguousarray(array[0], dtype=np.float32)  # c, (z), y, x
-    if data.ndim == 3:  # c, y, x
-        tifffile.imwrite(path, data, imagej=True, metadata={"axes": "CYX"})
-    elif data.shape[0] == 1:  # 1, z, y, x
-        tifffile.imwrite(path, data[0], imagej=True, metadata={"axes": "ZYX"})
-    else:  # c, z, y, x: ImageJ wants ZCYX, keep the tensor order instead
-        tifffile.imwrite(path, data, metadata={"axes": "CZYX"})
-
-
 def failed_package_path(out: Path) -> Path:
     """Where a package that failed its test is kept for inspection: ``NAME.failed.bioimageio.zip``."""
     name = out.name
@@ -140,6 +131,186 @@ def failed_package_path(out: Path) -> Path:
         if name.endswith(suffix):
             return out.with_name(name[: -len(suffix)] + ".failed" + suffix)
     return out.with_name(name + ".failed.zip")
+
+
+def _check_arguments(
+    out: Path, authors: list[str] | None, github_user: str | None, overwrite: bool
+) -> tuple[Path, list[str]]:
+    """The checks that need no run directory, before any work: ``out``, the authors, the GitHub user.
+
+    Returns ``out`` as a :class:`~pathlib.Path` and the authors stripped, empty names dropped.
+
+    Raises
+    ------
+    UserInputError
+        ``out`` does not end with ``.zip`` or is a folder; no author; an author with ``/``; a
+        GitHub user name that cannot be one.
+    OutputExistsError
+        ``out`` exists and ``overwrite`` is false.
+    """
+    out = Path(out)
+    if not out.name.endswith(".zip"):
+        raise UserInputError(f"--out {out} must end with .zip (e.g. model.bioimageio.zip)")
+    if out.exists() and out.is_dir():
+        raise UserInputError(f"--out {out} is a directory; give a file name ending with .bioimageio.zip")
+    check_writable(out, overwrite)
+    authors = [a.strip() for a in (authors or []) if a and a.strip()]
+    if not authors:
+        raise UserInputError("at least one --author is required (bioimage.io packages name their authors)")
+    bad = [a for a in authors if "/" in a]
+    if bad:
+        raise UserInputError(f"author name {bad[0]!r} must not contain '/'")
+    if github_user is not None and (not github_user.strip() or "/" in github_user or " " in github_user.strip()):
+        raise UserInputError(f"--github-user {github_user!r} is not a GitHub user name")
+    return out, authors
+
+
+def _load_run_and_test_tensors(
+    run_dir: Path,
+    name: str | None,
+    description: str | None,
+    test_image: Path | None,
+    test_axes: str | None,
+    synthetic: bool,
+) -> PackageInputs:
+    """Load the run, build its network, crop the test input and compute the test output.
+
+    Both test tensors are checked for bioimage.io's smallest testable magnitude here, before
+    any export.
+    """
+    run = load_run(Path(run_dir))
+    model = run.build_model()
+    name = (name or default_name(run)).strip()
+    description = (description or default_description(run)).strip()
+    test_in = make_test_input(run, test_image, test_axes, synthetic=synthetic)
+    notes = []
+    if test_in.synthetic:
+        notes.append(
+            "--synthetic-test-data: the test and sample tensors and the cover are synthetic noise, not microscopy "
+            "data (the README says so; bioimage.io's reviewers may ask for real ones)"
+        )
+    test_out = compute_test_output(run, model, test_in.array)
+    for what, tensor in (("test input", test_in.array), ("test output", test_out)):
+        _check_testable_range(what, tensor, test_in.source)
+    return PackageInputs(run, model, name, description, test_in, test_out, notes)
+
+
+def _describe(
+    inputs: PackageInputs,
+    files: dict[str, Path],
+    tmp: Path,
+    *,
+    say: Callable[[str], None],
+    authors: list[str],
+    github_user: str | None,
+    license: str,
+    version: str,
+):
+    """The checked description of the files in ``tmp`` (see :func:`~ai4life_kit.export.descr.build_checked`)."""
+    say("building the bioimage.io description")
+    return build_checked(
+        inputs.run,
+        files,
+        name=inputs.name,
+        description=inputs.description,
+        authors=authors,
+        github_user=github_user,
+        license=license,
+        version=version,
+        tags=package_tags(inputs.run),
+        root=tmp,
+    )
+
+
+def _check_written_format(tmp_zip: Path, github_user: str | None) -> list[str]:
+    """``bioimageio validate-format`` of the written zip; its warnings.
+
+    Raises
+    ------
+    Ai4LifeKitError
+        The written package is not a valid description.
+    """
+    from ai4life_kit.export.validate import check_format
+
+    fmt = check_format(tmp_zip, extra_github_users=[github_user] if github_user else [])
+    if not fmt.passed:
+        raise Ai4LifeKitError(f"the written package is not a valid bioimage.io description: {fmt.one_line()}")
+    return fmt.warnings
+
+
+def _test_package(
+    tmp_zip: Path, out: Path, github_user: str | None, say: Callable[[str], None], timings: dict[str, float]
+):
+    """``bioimageio test`` of the written zip; its :class:`~ai4life_kit.export.validate.TestReport`.
+
+    Raises
+    ------
+    Ai4LifeKitError
+        The test failed; the zip is kept at :func:`failed_package_path` of ``out``.
+    """
+    from ai4life_kit.export.validate import run_package_test
+
+    t = time.perf_counter()
+    say("testing the package with bioimageio.core (every weight format)")
+    report = run_package_test(tmp_zip, extra_github_users=[github_user] if github_user else [])
+    timings["bioimageio_test"] = time.perf_counter() - t
+    if not report.passed:
+        kept = failed_package_path(out)
+        apply_umask_mode(tmp_zip)
+        os.replace(tmp_zip, kept)
+        raise Ai4LifeKitError(
+            f"the package failed its bioimageio.core test: {report.one_line()} "
+            f"(the failing package was kept at {kept}; run `ai4life-kit validate {kept}` for details)"
+        )
+    return report
+
+
+def _zip_test_and_rename(
+    descr,
+    out: Path,
+    *,
+    overwrite: bool,
+    github_user: str | None,
+    run_test: bool,
+    say: Callable[[str], None],
+    timings: dict[str, float],
+    notes: list[str],
+    started: float,
+):
+    """Write the zip under a temporary name next to ``out``, check and test it, then rename it to ``out``.
+
+    Temporaries of killed earlier runs are removed first; the temporary zip never outlives this
+    call (renamed, kept as the failed package, or deleted). ``started`` is when building the
+    description began (``timings["build_and_zip"]`` counts from there). Returns the test report,
+    or None without ``run_test``.
+    """
+    out.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out)  # of a package run that a kill -9 cut short
+    fd, tmp_zip_name = tempfile.mkstemp(prefix=temp_prefix(out), suffix=".tmp.zip", dir=out.parent)
+    os.close(fd)
+    tmp_zip = Path(tmp_zip_name)
+    try:
+        try:
+            write_zip(descr, tmp_zip)
+        except Exception as exc:
+            failure = write_failure(exc, out)
+            if failure is None:
+                raise
+            raise failure from None
+        timings["build_and_zip"] = time.perf_counter() - started
+        t = time.perf_counter()
+        notes += _check_written_format(tmp_zip, github_user)
+        timings["validate_format"] = time.perf_counter() - t
+        report = _test_package(tmp_zip, out, github_user, say, timings) if run_test else None
+        check_writable(out, overwrite)
+        apply_umask_mode(tmp_zip)  # mkstemp made it 0600
+        os.replace(tmp_zip, out)
+        if report is not None:
+            report.source = str(out)  # the report names the file the user gets, not the temporary one
+    finally:
+        if tmp_zip.exists():
+            tmp_zip.unlink()
+    return report
 
 
 def package_run(
@@ -181,157 +352,39 @@ def package_run(
         the failing package is kept next to ``out`` as ``*.failed.bioimageio.zip``.
     """
     check_dependencies(onnx=onnx, run_test=run_test)  # before any work: fail in a second, not minutes
-    from ai4life_kit.export import docs, weights
-    from ai4life_kit.export.cover import write_cover
-    from ai4life_kit.export.validate import TestReport, check_format, run_package_test
-
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
     say = log or (lambda _msg: None)
-    out = Path(out)
-    if not out.name.endswith(".zip"):
-        raise UserInputError(f"--out {out} must end with .zip (e.g. model.bioimageio.zip)")
-    if out.exists() and out.is_dir():
-        raise UserInputError(f"--out {out} is a directory; give a file name ending with .bioimageio.zip")
-    check_writable(out, overwrite)
-    authors = [a.strip() for a in (authors or []) if a and a.strip()]
-    if not authors:
-        raise UserInputError("at least one --author is required (bioimage.io packages name their authors)")
-    bad = [a for a in authors if "/" in a]
-    if bad:
-        raise UserInputError(f"author name {bad[0]!r} must not contain '/'")
-    if github_user is not None and (not github_user.strip() or "/" in github_user or " " in github_user.strip()):
-        raise UserInputError(f"--github-user {github_user!r} is not a GitHub user name")
-
-    run = load_run(Path(run_dir))
-    model = run.build_model()
-    name = (name or default_name(run)).strip()
-    description = (description or default_description(run)).strip()
-    test_in: TestInput = make_test_input(run, test_image, test_axes, synthetic=synthetic_test_data)
-    notes = []
-    if test_in.synthetic:
-        notes.append(
-            "--synthetic-test-data: the test and sample tensors and the cover are synthetic noise, not microscopy "
-            "data (the README says so; bioimage.io's reviewers may ask for real ones)"
-        )
-    test_out = compute_test_output(run, model, test_in.array)
-    for what, tensor in (("test input", test_in.array), ("test output", test_out)):
-        _check_testable_range(what, tensor, test_in.source)
+    out, authors = _check_arguments(out, authors, github_user, overwrite)
+    inputs = _load_run_and_test_tensors(run_dir, name, description, test_image, test_axes, synthetic_test_data)
     timings["load_and_test_tensors"] = time.perf_counter() - t0
 
     with scratch_dir("package") as tmp_name:
         tmp = Path(tmp_name)
-        files: dict[str, Path] = {
-            "test_input": tmp / "test_input.npy",
-            "test_output": tmp / "test_output.npy",
-            "sample_input": tmp / "sample_input.tif",
-            "sample_output": tmp / "sample_output.tif",
-            "state_dict": tmp / "weights.pt",
-            "architecture": tmp / "unet.py",
-            "torchscript": tmp / "weights_torchscript.pt",
-            "documentation": tmp / "README.md",
-            "cover": tmp / "cover.png",
-            "training_spec": tmp / "training_spec.yaml",
-        }
-        np.save(files["test_input"], test_in.array)
-        np.save(files["test_output"], test_out)
-        _write_tiff(files["sample_input"], test_in.array)
-        _write_tiff(files["sample_output"], test_out)
-
+        files, formats = write_package_files(inputs, tmp, onnx=onnx, say=say, timings=timings)
         t = time.perf_counter()
-        say("exporting weights (state dict, TorchScript" + (", ONNX)" if onnx else ")"))
-        weights.write_state_dict(run.model_state, files["state_dict"])
-        weights.write_architecture(files["architecture"])
-        weights.export_torchscript(model, files["torchscript"])
-        formats = ["pytorch_state_dict", "torchscript"]
-        if onnx:
-            import torch
-
-            files["onnx"] = tmp / "weights.onnx"
-            example = torch.from_numpy(
-                np.zeros((1, run.in_channels) + (min_size(run.halo, run.step),) * run.dims, np.float32)
-            )
-            weights.export_onnx(model, files["onnx"], example)
-            formats.append("onnx")
-        timings["export_weights"] = time.perf_counter() - t
-
-        (files["training_spec"]).write_bytes((run.run_dir / "spec.yaml").read_bytes())
-        docs.write_documentation(
-            files["documentation"],
-            run,
-            name=name,
-            description=description,
-            test_source=test_in.source,
-            weight_formats=formats,
-            synthetic_test=test_in.synthetic,
+        descr = _describe(
+            inputs, files, tmp, say=say, authors=authors, github_user=github_user, license=license, version=version
         )
-        write_cover(files["cover"], test_in.array, test_out)
-
-        t = time.perf_counter()
-        say("building the bioimage.io description")
-        tags = package_tags(run)
-        descr = build_checked(
-            run,
-            files,
-            name=name,
-            description=description,
-            authors=authors,
+        report = _zip_test_and_rename(
+            descr,
+            out,
+            overwrite=overwrite,
             github_user=github_user,
-            license=license,
-            version=version,
-            tags=tags,
-            root=tmp,
+            run_test=run_test,
+            say=say,
+            timings=timings,
+            notes=inputs.notes,
+            started=t,
         )
-        out.parent.mkdir(parents=True, exist_ok=True)
-        remove_stale_temporaries(out)  # of a package run that a kill -9 cut short
-        fd, tmp_zip_name = tempfile.mkstemp(prefix=temp_prefix(out), suffix=".tmp.zip", dir=out.parent)
-        os.close(fd)
-        tmp_zip = Path(tmp_zip_name)
-        try:
-            try:
-                write_zip(descr, tmp_zip)
-            except Exception as exc:
-                failure = write_failure(exc, out)
-                if failure is None:
-                    raise
-                raise failure from None
-            timings["build_and_zip"] = time.perf_counter() - t
-            t = time.perf_counter()
-            fmt = check_format(tmp_zip, extra_github_users=[github_user] if github_user else [])
-            if not fmt.passed:
-                raise Ai4LifeKitError(f"the written package is not a valid bioimage.io description: {fmt.one_line()}")
-            notes += fmt.warnings
-            timings["validate_format"] = time.perf_counter() - t
-            report: TestReport | None = None
-            if run_test:
-                t = time.perf_counter()
-                say("testing the package with bioimageio.core (every weight format)")
-                report = run_package_test(tmp_zip, extra_github_users=[github_user] if github_user else [])
-                timings["bioimageio_test"] = time.perf_counter() - t
-                if not report.passed:
-                    kept = failed_package_path(out)
-                    apply_umask_mode(tmp_zip)
-                    os.replace(tmp_zip, kept)
-                    raise Ai4LifeKitError(
-                        f"the package failed its bioimageio.core test: {report.one_line()} "
-                        f"(the failing package was kept at {kept}; run `ai4life-kit validate {kept}` for details)"
-                    )
-            check_writable(out, overwrite)
-            apply_umask_mode(tmp_zip)  # mkstemp made it 0600
-            os.replace(tmp_zip, out)
-            if report is not None:
-                report.source = str(out)  # the report names the file the user gets, not the temporary one
-        finally:
-            if tmp_zip.exists():
-                tmp_zip.unlink()
 
     return PackageResult(
         path=out,
         seconds=time.perf_counter() - t0,
         size_bytes=out.stat().st_size,
         weight_formats=formats,
-        test_source=test_in.source,
+        test_source=inputs.test_in.source,
         report=report,
         timings=timings,
-        notes=notes,
+        notes=inputs.notes,
     )
