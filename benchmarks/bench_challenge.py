@@ -29,10 +29,11 @@ import numpy as np
 import tifffile
 
 from ai4life_kit.challenge import runner
+from ai4life_kit.challenge.base_image import LOCAL_BASE_IMAGE, ensure_base_image
 from ai4life_kit.challenge.context import render_context
 from ai4life_kit.challenge.contract import OUTPUT_DIR, TRACKS, check_output
 from ai4life_kit.challenge.ctest import build_context_image, parse_summary
-from ai4life_kit.challenge.engine import LOCAL_BASE_IMAGE, ensure_base_image, find_engine, run_container
+from ai4life_kit.challenge.engine import find_engine, run_container
 
 RESULTS = Path(__file__).resolve().parent / "results" / "challenge.json"
 
