@@ -301,7 +301,7 @@ def test_more_images_than_the_disk_holds_are_refused(tmp_path, monkeypatch):
 
 
 def test_a_failure_midway_leaves_no_folder_and_keeps_the_old_one(tmp_path, monkeypatch):
-    import ai4life_kit.simulate as sim
+    import ai4life_kit.simulate.dataset as sim
 
     out = tmp_path / "sim"
     simulate_dataset(out, shape=(32, 32), n=1, seed=0)

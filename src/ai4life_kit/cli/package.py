@@ -14,6 +14,7 @@ import typer
 __all__ = ["package"]
 
 
+# Longer than the kit's 80-line rule only by its signature: Typer reads one parameter per option.
 def package(
     run_dir: Annotated[Path, typer.Argument(help="Run directory written by `ai4life-kit train`.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Package to write, e.g. actin-n2v2.bioimageio.zip.")],

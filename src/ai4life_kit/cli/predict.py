@@ -75,6 +75,7 @@ def _remove_if_left_empty(folder: Path) -> Iterator[None]:
         raise
 
 
+# Longer than the kit's 80-line rule only by its signature: Typer reads one parameter per option.
 def predict(
     model: Annotated[Path, typer.Argument(help="Run directory or .bioimageio.zip package.")],
     inputs: Annotated[list[str], typer.Argument(help="TIFF files, Zarr folders (.zarr), folders or globs to denoise.")],
