@@ -9,9 +9,10 @@ written plane by plane so the script itself never holds the data) is written as 
 and ``ai4life-kit train`` (N2V2, the shipped 2D recipe at depth 2 / width 32, 64x64 patches,
 batch 16) runs on it in a subprocess with ``data.loading: lazy``, and with ``memory`` for the
 sizes up to ``--memory-up-to-gb`` (the in-memory path holds the data once as float32, about
-2.4x the uint16 size at peak with torch, so much larger sizes would not fit this machine). Reported per run: the child's peak RSS
-(``ru_maxrss``), the wall time to the first finished epoch (opening the data, sampling the
-normalisation statistics), training patches/s, and the validation loss at the end.
+2.4x the uint16 size at peak with torch, so much larger sizes would not fit this machine).
+Reported per run: the child's peak RSS (``ru_maxrss``), the wall time to the first finished
+epoch (opening the data, sampling the normalisation statistics), training patches/s, and the
+validation loss at the end.
 
 Needs free disk space for the largest size (checked first). Results go to
 ``benchmarks/results/outofcore_train.{json,md}``.
