@@ -320,7 +320,9 @@ def test_cli_bad_requests_are_one_line_errors(tmp_path, run_dir, monkeypatch):
 # no memory, so it cannot tell the two paths apart on large images. A torch process needs about
 # 250-300 MB of it on its own (with the thread count fixed below).
 DATA_LIMIT = 500 * 2**20
-MEDIUM = (5120, 5120)  # 100 MiB as float32: in memory the CLI needs ~700 MB of data, out of core ~300 MB
+# 196 MiB as float32. In memory the CLI holds the uint16 input and the float32 output (6 bytes a pixel,
+# ~300 MB more than the torch process); out of core it holds a few tiles (~300 MB in all).
+MEDIUM = (7168, 7168)
 
 
 def _limited_cli(*args) -> subprocess.CompletedProcess:

@@ -13,13 +13,13 @@ import torch
 
 from ai4life_kit.data.axes import Layout
 from ai4life_kit.data.normalization import PACKAGE_EPS, denormalise, input_eps, normalise, read_normalization
-from ai4life_kit.data.sources import ImageSource
+from ai4life_kit.data.sources import ArraySource, ImageSource
 from ai4life_kit.data.views import CanonicalView
 from ai4life_kit.errors import DataError, ModelLoadError
 from ai4life_kit.models import halo_for_depth
 from ai4life_kit.models.unet import UNet
 from ai4life_kit.prediction.package_loader import read_package
-from ai4life_kit.prediction.tiling import TileGrid, TTATransform, plan_grid, predict_tiled, tta_transforms
+from ai4life_kit.prediction.tiling import TileGrid, TTATransform, plan_grid, tta_transforms
 from ai4life_kit.rundir import ModelCheckpoint, checkpoint_path, load_checkpoint
 from ai4life_kit.runtime import autocast, channels_last, resolve_device
 
@@ -214,16 +214,26 @@ class Predictor:
         precision: str = "auto",
         progress: Callable[[int], None] | None = None,
     ) -> np.ndarray:
-        """Denoise ``(S, C, *spatial)`` raw images; returns float32 raw-unit images of the same shape."""
+        """Denoise ``(S, C, *spatial)`` raw images; returns float32 raw-unit images of the same shape.
+
+        The streaming path (:meth:`predict_view`) over the array in memory: one prediction path
+        for every input. Measured against the former in-memory loop (whole-sample ``np.pad`` then
+        tiles): bit-identical outputs, the same MPix/s, and no padded copy of each sample.
+        """
         if images.shape[1] != self.n_channels:
             raise DataError(f"the model expects {self.n_channels} channel(s), the image has {images.shape[1]}")
-        x = normalise(images.astype(np.float32, copy=False), self.mean, self.std, self.spatial_ndim, self.eps)
-        grid = self.plan(images.shape[2:], tile)
-        transforms = self.tta_transforms() if tta else False
-        y = predict_tiled(
-            self._forward(precision), x, len(self.target_mean), grid, batch_size, self.device, transforms, progress
+        axes = "SC" + "ZYX"[-self.spatial_ndim :]
+        out = np.empty((images.shape[0], len(self.target_mean), *images.shape[2:]), np.float32)
+        self.predict_view(
+            CanonicalView(ArraySource(images, axes), self.spatial_ndim),
+            CanonicalView(ArraySource(out, axes), self.spatial_ndim),
+            tile,
+            tta,
+            batch_size,
+            precision,
+            progress,
         )
-        return denormalise(y, self.target_mean, self.target_std, self.spatial_ndim)
+        return out
 
     def n_tiles(self, shape: tuple[int, ...], axes: str, tile: Sequence[int] | None = None) -> int:
         """How many tiles :meth:`predict` will run for an image (for progress bars)."""

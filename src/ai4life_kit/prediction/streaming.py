@@ -1,12 +1,11 @@
-"""Out-of-core prediction: read, predict and write one batch of tiles at a time.
+"""Prediction one batch of tiles at a time: the one prediction path, in memory and out of core.
 
-The input is a lazy :class:`~ai4life_kit.data.views.CanonicalView` and the output a writable
-one (a TIFF written through short-lived memory maps, or a Zarr array), so memory holds only a
-batch of tiles and the model, whatever the image size. The tile grid, the batching order, the
-symmetric padding at image borders and the arithmetic are those of the in-memory path
-(:func:`~ai4life_kit.prediction.tiling.predict_tiled`), so both give the same numbers: each tile
-is read as its window plus halo, clipped to the image, and the part outside the image is
-filled by index reflection exactly as ``np.pad(..., mode="symmetric")`` fills it.
+The input is a :class:`~ai4life_kit.data.views.CanonicalView` (lazy on disk, or an array in
+memory) and the output a writable one (a TIFF written through short-lived memory maps, a Zarr
+array, or an array), so memory holds only a batch of tiles and the model beyond input and
+output. Each tile is read as its window plus halo, clipped to the image, and the part outside
+the image is filled by index reflection exactly as ``np.pad(..., mode="symmetric")`` fills it
+(bioimageio.core's border treatment).
 
 Outputs are created under a temporary name next to their final path and renamed into place
 only when complete: an interrupted run never leaves a partial file under the final name.

@@ -34,7 +34,6 @@ __all__ = [
     "TileGrid",
     "core_window",
     "plan_grid",
-    "predict_tiled",
     "run_tiles",
     "symmetric_index",
     "tile_jobs",
@@ -217,41 +216,3 @@ def run_tiles(
             write_core(job, dst, y[(slice(None), *(slice(0, d.stop - d.start) for d in dst))])
         if progress is not None:
             progress(len(chunk))
-
-
-def predict_tiled(
-    forward: Callable[[torch.Tensor], torch.Tensor],
-    images: np.ndarray,
-    out_channels: int,
-    grid: TileGrid,
-    batch_size: int,
-    device: torch.device,
-    tta: TTA = False,
-    progress: Callable[[int], None] | None = None,
-) -> np.ndarray:
-    """Predict ``images`` of shape ``(S, C, *spatial)`` tile by tile; returns ``(S, out_channels, *spatial)``.
-
-    Tiles of all samples are batched together, so many small images cost as little as one big one.
-    ``progress`` is called with the number of tiles finished after each batch.
-    """
-    n_samples = images.shape[0]
-    halo = grid.halo
-    pad_after = [p - s - halo for p, s in zip(grid.padded, grid.shape, strict=True)]
-    out = np.empty((n_samples, out_channels, *grid.shape), dtype=np.float32)
-    padded_cache: dict[int, np.ndarray] = {}
-
-    def read_tile(job: Job) -> np.ndarray:
-        s, origin = job
-        if s not in padded_cache:
-            padded_cache.clear()  # keep one padded sample in memory at a time
-            widths = [(0, 0)] + [(halo, a) for a in pad_after]
-            # symmetric (edge-repeating) padding, as bioimageio.core pads blocks at image borders
-            padded_cache[s] = np.pad(images[s], widths, mode="symmetric")
-        window = tuple(slice(o, o + t) for o, t in zip(origin, grid.tile, strict=True))
-        return padded_cache[s][(slice(None), *window)]
-
-    def write_core(job: Job, window: tuple[slice, ...], y: np.ndarray) -> None:
-        out[(job[0], slice(None), *window)] = y
-
-    run_tiles(forward, tile_jobs(n_samples, grid), read_tile, write_core, grid, batch_size, device, tta, progress)
-    return out
