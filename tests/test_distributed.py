@@ -20,7 +20,17 @@ from ai4life_kit.training.report import read_metrics
 from ai4life_kit.training.session import _rank_seed, _restore_rng
 from kit_helpers import psnr_gain, run_cli, small_spec
 
-EPOCHS, STEPS = 4, 25  # the single-process quality tests' budget: 100 steps of 16 patches
+# 200 steps of 16 patches: at 100 steps (the budget before) the gain still depended on the seed and the
+# CPU's rounding (18.44 -> 21.28 dB on one AMD EPYC, below the 3 dB asked), and 1 seed in 5 fell below
+# the mean image. benchmarks/bench_quality_seeds.py (see the README's "Reproducibility") measured this
+# test's gain at 200 steps over 8 seeds: 6.0 / 8.1 / 8.7 dB (min / median / max). Another CPU moves
+# a run as another seed does, so the threshold sits 3 dB below the worst seed. A model that learned
+# nothing scores 0 dB (identity) or 1.5 dB (the mean image).
+EPOCHS, STEPS = 8, 25
+MIN_GAIN_DB = 3.0
+SIM = {"shape": (128, 128), "n": 2, "peak": 20.0, "read_noise": 2.0, "seed": 3}
+# 256 validation patches, not small_spec's 32, so that best.pt is picked on a steadier measure.
+SPEC = {"training__epochs": EPOCHS, "training__steps_per_epoch": STEPS, "training__val_patches": 256}
 # One core per process: 2 processes share the 2 CI cores (more threads only contend for them).
 ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
 RUN_FILES = {
@@ -36,11 +46,18 @@ RUN_FILES = {
 }
 
 
-def torchrun(*args: object, nproc: int = 2, timeout: float = 300) -> subprocess.CompletedProcess:
+def torchrun(*args: object, nproc: int = 2, timeout: float = 300, env=ONE_THREAD) -> subprocess.CompletedProcess:
     """``torchrun --standalone`` (a free port of its own) with ``nproc`` CPU processes of ``ai4life-kit train``."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--standalone"]
     cmd += ["-m", "ai4life_kit", "train", *map(str, args), "--device", "cpu"]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=ONE_THREAD)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def denoising_gain(run: Path, sim: dict) -> tuple[float, float]:
+    """(input PSNR, output PSNR) of the run's best checkpoint on the first simulated image."""
+    noisy = read_image(sim["noisy"][0]).data
+    gt = read_image(sim["gt"][0]).data
+    return psnr_gain(gt, noisy, Predictor.from_run_dir(run, "cpu").predict(noisy, "YX"))
 
 
 def run_files(run: Path) -> set[str]:
@@ -53,15 +70,13 @@ def weights(run: Path) -> dict[str, torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def sim(tmp_path_factory):
-    return simulate_dataset(
-        tmp_path_factory.mktemp("ddp") / "sim", shape=(128, 128), n=2, peak=20.0, read_noise=2.0, seed=3
-    )
+    return simulate_dataset(tmp_path_factory.mktemp("ddp") / "sim", **SIM)
 
 
 @pytest.fixture(scope="module")
 def spec_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("spec") / "n2v2.yaml"
-    save_spec(small_spec("n2v2", training__epochs=EPOCHS, training__steps_per_epoch=STEPS), path)
+    save_spec(small_spec("n2v2", **SPEC), path)
     return path
 
 
@@ -89,12 +104,8 @@ def test_two_processes_denoise_as_well_as_one(straight, sim):
     run, _ = straight
     rows = read_metrics(run / "metrics.csv")
     assert rows[-1]["train_loss"] < rows[0]["train_loss"]
-    noisy = read_image(sim["noisy"][0]).data
-    gt = read_image(sim["gt"][0]).data
-    denoised = Predictor.from_run_dir(run, "cpu").predict(noisy, "YX")
-    before, after = psnr_gain(gt, noisy, denoised)
-    # The criterion of the single-process quality tests: several dB better than the input after 100 steps.
-    assert after > before + 3.0, f"{before:.2f} -> {after:.2f} dB"
+    before, after = denoising_gain(run, sim)
+    assert after > before + MIN_GAIN_DB, f"{before:.2f} -> {after:.2f} dB"
 
 
 @pytest.mark.slow
@@ -126,7 +137,7 @@ def test_each_rank_draws_its_own_patches(straight, half_batch_single):
 
 @pytest.mark.slow
 def test_resume_continues_exactly(tmp_path, sim, spec_file, straight):
-    """2 epochs, then --resume to 4 epochs: the weights of the straight 4-epoch 2-process run."""
+    """2 epochs, then --resume to EPOCHS: the weights of the straight 2-process run."""
     run = tmp_path / "resumed"
     first = torchrun(spec_file, "--data", sim["noisy"][0], "--out", run, "--epochs", 2, "--quiet")
     assert first.returncode == 0, first.stderr

@@ -15,7 +15,7 @@ from ai4life_kit.data.tiff_io import read_image
 from ai4life_kit.prediction import Predictor
 from ai4life_kit.simulate import simulate_dataset
 from ai4life_kit.training import train
-from kit_helpers import psnr_gain, run_cli, small_spec
+from kit_helpers import mean_image_psnr, psnr_gain, run_cli, small_spec
 
 SHAPES = {2: (128, 128), 3: (24, 64, 64)}
 
@@ -69,10 +69,14 @@ def test_training_improves_psnr(sims, tmp_path, algorithm, dims):
         target = [str(p) for p in sim["gt"]]
     elif algorithm == "n2n":
         target = [str(p) for p in sim["noisy2"]]
-    # structN2V also hides the pixels along x around each blind spot, so it learns more slowly: in 3D,
-    # 100 steps sit on the edge of convergence (measured: +2.8 dB after 100 steps, +12 dB after 150).
-    epochs = 6 if (algorithm, dims) == ("structn2v", 3) else 4
-    spec = small_spec(algorithm, dims, training__epochs=epochs)
+    # structN2V also hides the pixels along x around each blind spot, so it learns more slowly: in 3D
+    # (bench_quality_seeds.py, 5 seeds) 150 steps at a constant rate left 1 seed below the mean image
+    # and 250 steps still jumped from epoch to epoch (seed 42: +7.3 dB); 250 steps with a cosine decay
+    # settle.
+    slow = (algorithm, dims) == ("structn2v", 3)
+    epochs = 10 if slow else 4
+    schedule = {"training__lr_schedule": "cosine"} if slow else {}
+    spec = small_spec(algorithm, dims, training__epochs=epochs, **schedule)
     run = train(spec, data, target, tmp_path / "run", device="cpu", progress=False)
 
     predictor = Predictor.from_run_dir(run, "cpu")
@@ -81,8 +85,12 @@ def test_training_improves_psnr(sims, tmp_path, algorithm, dims):
     denoised = predictor.predict(noisy, "ZYX" if dims == 3 else "YX")
     before, after = psnr_gain(gt, noisy, denoised)
     assert denoised.shape == noisy.shape and denoised.dtype == np.float32
-    # A real denoiser, not a near-identity: several dB better than the input after ~100 steps.
-    assert after > before + 3.0, f"{algorithm} {dims}D: {before:.2f} -> {after:.2f} dB"
+    # A real denoiser: several dB better than the input, and better than the mean image (a model that
+    # learned nothing), which on these 3D and row-noise images already beats the input by 5-10 dB.
+    # benchmarks/bench_quality_seeds.py --setups training-... measures both over seeds: the worst of 5
+    # seeds clears the mean image by 1.4 dB (structN2V 2D) to 9 dB (CARE 3D); see the README.
+    null = mean_image_psnr(gt, noisy)
+    assert after > max(before + 3.0, null), f"{algorithm} {dims}D: {before:.2f} -> {after:.2f} dB (mean {null:.2f})"
     rows = (run / "metrics.csv").read_text().strip().splitlines()
     assert len(rows) == 1 + spec.training.epochs
     assert (run / "loss.png").stat().st_size > 1000
