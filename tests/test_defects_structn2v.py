@@ -14,7 +14,7 @@ import pytest
 import tifffile
 import torch
 
-import ai4life_kit.training.loop as loop
+import ai4life_kit.training.session as session
 from ai4life_kit.data.masking import MaskSpec, mask_batch
 from ai4life_kit.training import train
 from kit_helpers import invoke, small_spec
@@ -131,13 +131,13 @@ def test_structn2v_training_augments_with_flips_only(tmp_path, monkeypatch):
     data = tmp_path / "a.tif"
     tifffile.imwrite(data, rng.random((64, 64), dtype=np.float32))
     calls = []
-    real = loop.augment_batch
+    real = session.augment_batch
 
     def spy(tensors, generator, rotate, flip_axes):
         calls.append((rotate, flip_axes))
         return real(tensors, generator, rotate, flip_axes)
 
-    monkeypatch.setattr(loop, "augment_batch", spy)
+    monkeypatch.setattr(session, "augment_batch", spy)
     for algorithm in ("n2v", "structn2v"):
         calls.clear()
         spec = small_spec(
