@@ -58,7 +58,15 @@ from ai4life_kit.metrics import psnr  # noqa: E402
 from ai4life_kit.prediction import Predictor  # noqa: E402
 from ai4life_kit.simulate import simulate_dataset  # noqa: E402
 from ai4life_kit.training import train  # noqa: E402
-from kit_helpers import invoke, mean_image_psnr, psnr_gain, small_spec  # noqa: E402
+from kit_helpers import (  # noqa: E402
+    QUALITY_BUDGET,
+    QUALITY_MIN_GAIN_DB,
+    QUALITY_SIM,
+    invoke,
+    mean_image_psnr,
+    psnr_gain,
+    small_spec,
+)
 
 RESULTS = ROOT / "benchmarks" / "results"
 # Thresholds written inline in the tests (the others are the tests' own constants).
@@ -101,9 +109,9 @@ class InProcessThreads:
 
 def run_distributed(work: Path, seed: int, threads: int, overrides: dict) -> dict:
     td = test_distributed
-    sim = simulate_dataset(work / "sim", **td.SIM, overwrite=True)
+    sim = simulate_dataset(work / "sim", **QUALITY_SIM, overwrite=True)
     spec = work / "spec.yaml"
-    save_spec(small_spec("n2v2", **{**td.SPEC, **overrides}), spec)
+    save_spec(small_spec("n2v2", **{**QUALITY_BUDGET, **overrides}), spec)
     run = work / "run"
     res = td.torchrun(spec, "--data", sim["noisy"][0], "--out", run, "--seed", seed, "--overwrite", "-q",
                       env=one_thread_env(threads))  # fmt: skip
@@ -176,11 +184,10 @@ def run_training_case(algorithm: str, dims: int) -> Callable[[Path, int, int, di
 
     def run(work: Path, seed: int, threads: int, overrides: dict) -> dict:
         structured = "row" if algorithm == "structn2v" else "none"
-        sim = simulate_dataset(work / "sim", shape=test_training.SHAPES[dims], n=2, peak=20.0, read_noise=2.0,
-                               structured_noise=structured, pairs=True, seed=3, overwrite=True)  # fmt: skip
+        sim = simulate_dataset(work / "sim", shape=test_training.SHAPES[dims], structured_noise=structured,
+                               **test_training.SIM, overwrite=True)  # fmt: skip
         target = {"care": sim["gt"], "n2n": sim["noisy2"]}.get(algorithm)
-        slow = (algorithm, dims) == ("structn2v", 3)  # the test's budget for this case
-        base = {"training__epochs": 10, "training__lr_schedule": "cosine"} if slow else {"training__epochs": 4}
+        base = test_training.budget(algorithm, dims)
         spec = small_spec(algorithm, dims, **{**base, **overrides, "training__seed": seed})
         with InProcessThreads(threads):
             run = train(spec, [str(p) for p in sim["noisy"]], None if target is None else [str(p) for p in target],
@@ -196,17 +203,17 @@ def run_training_case(algorithm: str, dims: int) -> Callable[[Path, int, int, di
 SETUPS: dict[str, tuple[str, float, Callable]] = {
     "distributed": (
         "tests/test_distributed.py::test_two_processes_denoise_as_well_as_one",
-        test_distributed.MIN_GAIN_DB,
+        QUALITY_MIN_GAIN_DB,
         run_distributed,
     ),
     "lazy-tiff": (
         "tests/test_lazy_data.py::test_lazy_training_denoises_like_in_memory_training[tiff]",
-        test_lazy_data.LAZY_MIN_GAIN_DB,
+        QUALITY_MIN_GAIN_DB,
         run_lazy("tiff"),
     ),
     "lazy-ome-zarr": (
         "tests/test_lazy_data.py::test_lazy_training_denoises_like_in_memory_training[ome-zarr]",
-        test_lazy_data.LAZY_MIN_GAIN_DB,
+        QUALITY_MIN_GAIN_DB,
         run_lazy("ome-zarr"),
     ),
     "cli": ("tests/test_cli_train_predict.py::test_predict_keeps_shape_and_improves", CLI_MIN_GAIN_DB, run_cli_setup),

@@ -18,19 +18,10 @@ from ai4life_kit.simulate import simulate_dataset
 from ai4life_kit.training.distributed import DistContext, local_batch_size
 from ai4life_kit.training.report import read_metrics
 from ai4life_kit.training.session import _rank_seed, _restore_rng
-from kit_helpers import psnr_gain, run_cli, small_spec
+from kit_helpers import QUALITY_BUDGET, QUALITY_MIN_GAIN_DB, QUALITY_SIM, psnr_gain, run_cli, small_spec
 
-# 200 steps of 16 patches: at 100 steps (the budget before) the gain still depended on the seed and the
-# CPU's rounding (18.44 -> 21.28 dB on one AMD EPYC, below the 3 dB asked), and 1 seed in 5 fell below
-# the mean image. benchmarks/bench_quality_seeds.py (see the README's "Reproducibility") measured this
-# test's gain at 200 steps over 8 seeds: 6.0 / 8.1 / 8.7 dB (min / median / max). Another CPU moves
-# a run as another seed does, so the threshold sits 3 dB below the worst seed. A model that learned
-# nothing scores 0 dB (identity) or 1.5 dB (the mean image).
-EPOCHS, STEPS = 8, 25
-MIN_GAIN_DB = 3.0
-SIM = {"shape": (128, 128), "n": 2, "peak": 20.0, "read_noise": 2.0, "seed": 3}
-# 256 validation patches, not small_spec's 32, so that best.pt is picked on a steadier measure.
-SPEC = {"training__epochs": EPOCHS, "training__steps_per_epoch": STEPS, "training__val_patches": 256}
+# The quality tests' shared setup (kit_helpers: what was measured, and why this budget).
+EPOCHS, STEPS = QUALITY_BUDGET["training__epochs"], QUALITY_BUDGET["training__steps_per_epoch"]
 # One core per process: 2 processes share the 2 CI cores (more threads only contend for them).
 ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
 RUN_FILES = {
@@ -70,13 +61,13 @@ def weights(run: Path) -> dict[str, torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def sim(tmp_path_factory):
-    return simulate_dataset(tmp_path_factory.mktemp("ddp") / "sim", **SIM)
+    return simulate_dataset(tmp_path_factory.mktemp("ddp") / "sim", **QUALITY_SIM)
 
 
 @pytest.fixture(scope="module")
 def spec_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("spec") / "n2v2.yaml"
-    save_spec(small_spec("n2v2", **SPEC), path)
+    save_spec(small_spec("n2v2", **QUALITY_BUDGET), path)
     return path
 
 
@@ -105,7 +96,7 @@ def test_two_processes_denoise_as_well_as_one(straight, sim):
     rows = read_metrics(run / "metrics.csv")
     assert rows[-1]["train_loss"] < rows[0]["train_loss"]
     before, after = denoising_gain(run, sim)
-    assert after > before + MIN_GAIN_DB, f"{before:.2f} -> {after:.2f} dB"
+    assert after > before + QUALITY_MIN_GAIN_DB, f"{before:.2f} -> {after:.2f} dB"
 
 
 @pytest.mark.slow

@@ -246,14 +246,6 @@ def test_training_data_may_be_ome_zarr_folders(tmp_path, stack):
         load_training_set([tmp_path / "missing.zarr"], None, 2)
 
 
-LAZY_SIM = {"shape": (128, 128), "n": 2, "peak": 20.0, "read_noise": 2.0, "seed": 3}
-# 200 steps and 256 validation patches: at small_spec's 100 steps 1 seed in 5 scored 1.9 dB, below the
-# mean image. benchmarks/bench_quality_seeds.py measured 5.1 / 7.8 / 8.7 dB (min / median / max, 8
-# seeds, TIFF) at this budget; see the README's "Reproducibility".
-LAZY_SPEC = {"training__epochs": 8, "training__val_patches": 256}
-LAZY_MIN_GAIN_DB = 3.0
-
-
 def train_on_stack(root, fmt: str, loadings=("memory", "lazy"), seed: int | None = None, env=None, **overrides):
     """Both simulated images as one TIFF stack or OME-Zarr, trained on with each of ``loadings``.
 
@@ -263,9 +255,9 @@ def train_on_stack(root, fmt: str, loadings=("memory", "lazy"), seed: int | None
     from ai4life_kit.config import save_spec
     from ai4life_kit.data.tiff_io import read_image
     from ai4life_kit.simulate import simulate_dataset
-    from kit_helpers import run_cli, small_spec
+    from kit_helpers import QUALITY_BUDGET, QUALITY_SIM, run_cli, small_spec
 
-    sim = simulate_dataset(root / "sim", **LAZY_SIM)
+    sim = simulate_dataset(root / "sim", **QUALITY_SIM)
     noisy = np.stack([read_image(p).data for p in sim["noisy"]]).astype(np.float32)
     gt = read_image(sim["gt"][0]).data
     if fmt == "tiff":
@@ -275,7 +267,7 @@ def train_on_stack(root, fmt: str, loadings=("memory", "lazy"), seed: int | None
         data = root / "stack.ome.zarr"
         _write_ome_zarr(data, noisy, "TYX", (1, 64, 64))
     spec = root / "spec.yaml"
-    save_spec(small_spec("n2v2", **{**LAZY_SPEC, **overrides}), spec)
+    save_spec(small_spec("n2v2", **{**QUALITY_BUDGET, **overrides}), spec)
     extra = [] if seed is None else ["--seed", seed]
     runs = {}
     for loading in loadings:
@@ -293,7 +285,7 @@ def test_lazy_training_denoises_like_in_memory_training(tmp_path, fmt):
     import json
 
     from ai4life_kit.prediction import Predictor
-    from kit_helpers import psnr_gain
+    from kit_helpers import QUALITY_MIN_GAIN_DB, psnr_gain
 
     runs, noisy, gt = train_on_stack(tmp_path, fmt)
     for loading, run in runs.items():
@@ -303,7 +295,7 @@ def test_lazy_training_denoises_like_in_memory_training(tmp_path, fmt):
         np.testing.assert_allclose(norm["lazy"][key], norm["memory"][key], rtol=1e-9)
     denoised = Predictor.from_run_dir(runs["lazy"], "cpu").predict(noisy[0], "YX")
     before, after = psnr_gain(gt, noisy[0], denoised)
-    assert after > before + LAZY_MIN_GAIN_DB, f"lazy {fmt}: {before:.2f} -> {after:.2f} dB"
+    assert after > before + QUALITY_MIN_GAIN_DB, f"lazy {fmt}: {before:.2f} -> {after:.2f} dB"
 
 
 def test_the_shared_chunk_cache_never_mixes_up_sources(tmp_path):
