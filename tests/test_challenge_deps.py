@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from ai4life_kit.challenge import deps
@@ -58,6 +61,19 @@ def test_find_links_are_read_the_way_pip_reads_them(tmp_path, monkeypatch):
     found = deps.pip_find_links()
     assert {str(tmp_path / "g1"), str(tmp_path / "g2"), "/i", "/from-env"} <= set(found)
     assert found[0] == "/from-env" and len(found) == len(set(found))
+
+
+def test_finding_pip_leaves_setuptools_distutils_in_place():
+    """Looking pip up must not switch the process to stdlib distutils: torch.compile would then fail."""
+    script = (
+        "from ai4life_kit.challenge import deps\n"
+        "assert deps.pip_find_links() is not None\n"
+        "import distutils\n"
+        "print(distutils.__file__)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "setuptools" in proc.stdout, proc.stdout
 
 
 def test_a_torch_wheel_in_a_pip_conf_folder_is_found(tmp_path, monkeypatch):

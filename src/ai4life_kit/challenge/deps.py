@@ -28,7 +28,6 @@ the markers evaluated by ``packaging`` (pip's own, vendored) for the image's env
 from __future__ import annotations
 
 import ast
-import importlib.util
 import os
 import re
 import shutil
@@ -127,7 +126,14 @@ def pinned_requirements(packages: Sequence[str] = INFERENCE_PACKAGES) -> list[st
 
 
 def _pip_command() -> list[str] | None:
-    if importlib.util.find_spec("pip") is not None:
+    # Asked of the installed metadata, not with importlib.util.find_spec("pip"): looking up "pip"
+    # makes setuptools' distutils shim step aside for the rest of the process (pypa/pip#8761), so a
+    # later torch.compile in the same process (a notebook, a test run) fails inside setuptools.
+    try:
+        distribution("pip")
+    except PackageNotFoundError:
+        pass
+    else:
         return [sys.executable, "-m", "pip"]
     exe = shutil.which("pip3") or shutil.which("pip")
     return [exe] if exe else None

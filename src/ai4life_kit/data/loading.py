@@ -23,7 +23,7 @@ import torch
 from ai4life_kit.data.lazy import LazyPatchSampler, sampled_channel_stats
 from ai4life_kit.data.normalization import channel_stats, normalise_in_place
 from ai4life_kit.data.patches import PatchSampler
-from ai4life_kit.data.sources import ChunkCache, open_source
+from ai4life_kit.data.sources import ChunkCache, ImageSource, open_source
 from ai4life_kit.data.tiff_io import resolve_inputs
 from ai4life_kit.data.views import CanonicalView
 from ai4life_kit.errors import DataError
@@ -81,6 +81,12 @@ class TrainingSet:
     @property
     def lazy(self) -> bool:
         return isinstance(self.images[0], CanonicalView)
+
+    def close(self) -> None:
+        """Close the files behind lazy views (a no-op in memory); the set is unusable afterwards."""
+        for v in [*self.images, *(self.targets or [])]:
+            if isinstance(v, CanonicalView):
+                v.source.close()
 
 
 def _float32_bytes(views: Sequence[CanonicalView]) -> int:
@@ -158,29 +164,42 @@ def load_training_set(
     cache = ChunkCache(cache_mb * 2**20)
     images, targets, names, all_axes, dtypes, shapes = [], [], [], [], [], []
     target_axes, target_dtypes = [], []
-    for i, path in enumerate(paths):
-        src = open_source(path, axes, spatial_ndim, cache)
-        images.append(CanonicalView(src, spatial_ndim))
-        names.append(path.name)
-        all_axes.append(src.axes)
-        dtypes.append(str(src.dtype))
-        shapes.append(tuple(src.shape))
-        if target_paths is not None:
-            tgt = open_source(target_paths[i], axes, spatial_ndim, cache)
-            if tgt.shape != src.shape:
-                raise DataError(
-                    f"target {target_paths[i].name} has shape {tgt.shape} but input {path.name} has shape {src.shape}"
-                )
-            targets.append(CanonicalView(tgt, spatial_ndim))
-            target_axes.append(tgt.axes)
-            target_dtypes.append(str(tgt.dtype))
-    channels = {v.shape[1] for v in images}
-    if len(channels) > 1:
-        raise DataError(f"input files have different channel counts {sorted(channels)}; train one model per kind")
-    lazy = loading == "lazy" or (loading == "auto" and _float32_bytes(images + targets) > AUTO_LAZY_BYTES)
-    if not lazy:
-        images = _to_memory(images)
-        targets = _to_memory(targets) if targets else targets
+    opened: list[ImageSource] = []
+    try:
+        for i, path in enumerate(paths):
+            src = open_source(path, axes, spatial_ndim, cache)
+            opened.append(src)
+            images.append(CanonicalView(src, spatial_ndim))
+            names.append(path.name)
+            all_axes.append(src.axes)
+            dtypes.append(str(src.dtype))
+            shapes.append(tuple(src.shape))
+            if target_paths is not None:
+                tgt = open_source(target_paths[i], axes, spatial_ndim, cache)
+                opened.append(tgt)
+                if tgt.shape != src.shape:
+                    raise DataError(
+                        f"target {target_paths[i].name} has shape {tgt.shape} "
+                        f"but input {path.name} has shape {src.shape}"
+                    )
+                targets.append(CanonicalView(tgt, spatial_ndim))
+                target_axes.append(tgt.axes)
+                target_dtypes.append(str(tgt.dtype))
+        channels = {v.shape[1] for v in images}
+        if len(channels) > 1:
+            raise DataError(f"input files have different channel counts {sorted(channels)}; train one model per kind")
+        lazy = loading == "lazy" or (loading == "auto" and _float32_bytes(images + targets) > AUTO_LAZY_BYTES)
+        if not lazy:
+            images = _to_memory(images)
+            targets = _to_memory(targets) if targets else targets
+            for source in opened:  # read whole: the files are not needed any more
+                source.close()
+    except BaseException:
+        # Closed here, not left to the sources' __del__: with the exception's traceback they are freed
+        # by the cycle collector, which may finalise a TIFF's file object first (a ResourceWarning).
+        for source in opened:
+            source.close()
+        raise
     paired = target_paths is not None
     return TrainingSet(
         images,

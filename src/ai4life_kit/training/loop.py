@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ai4life_kit.config import TrainingSpec
-from ai4life_kit.data.loading import load_training_set, make_sampler, split_validation, training_stats
+from ai4life_kit.data.loading import TrainingSet, load_training_set, make_sampler, split_validation, training_stats
 from ai4life_kit.errors import DataError, OutputExistsError
 from ai4life_kit.fileio import DirLock, check_location
 from ai4life_kit.rundir import (
@@ -137,41 +137,44 @@ def _train(
     dist.run_on_main(lock_if_present, out, lock)
     resuming = bool(dist.broadcast_object(resume and last_path.is_file() if dist.is_main else None))
     prepared = _prepare_data(spec, data, target, out, dist, resuming, log)
-    # Rank 0 creates or replaces the run directory only once every rank has passed the checks above
-    # (no rank may find the fresh directory and call it "already exists"); the others go on once it exists.
-    dist.barrier()
-    dist.run_on_main(
-        prepare_run_dir,
-        out,
-        prepared.spec,
-        prepared.ts,
-        prepared.norm,
-        lock,
-        resume=resume,
-        resuming=resuming,
-        overwrite=overwrite,
-        log=log,
-    )
-    session = start_session(prepared, dist, last_path if resuming else None)
-    t_start = time.perf_counter()
-    cfg = prepared.spec.training
-    bar = EpochProgress(enabled=progress and dist.is_main, steps=cfg.steps_per_epoch, batch_size=cfg.batch_size)
-    finished_early = session.stale >= (cfg.early_stopping_patience or math.inf)
-    with bar:
-        for epoch in range(session.start_epoch + 1, cfg.epochs + 1):
-            if finished_early:
-                break
-            bar.start_epoch(epoch, cfg.epochs)
-            train_loss, seconds = train_epoch(session, prepared, local_batch, bar)
-            row, improved = finish_epoch(session, prepared, out, epoch, train_loss, seconds)
-            bar.end_epoch(train_loss, row["val_loss"], row["val_psnr"], improved)
-            if cfg.early_stopping_patience is not None and session.stale >= cfg.early_stopping_patience:
-                finished_early = True
-    summary = _summary(prepared, session, data, target, finished_early, time.perf_counter() - t_start)
-    spec = prepared.spec
-    title = f"{spec.name or spec.algorithm.name} ({spec.algorithm.name})"
-    dist.run_on_main(_write_report, out, session.rows, title, summary)
-    return out
+    try:
+        # Rank 0 creates or replaces the run directory only once every rank has passed the checks above
+        # (no rank may find the fresh directory and call it "already exists"); the others go on once it exists.
+        dist.barrier()
+        dist.run_on_main(
+            prepare_run_dir,
+            out,
+            prepared.spec,
+            prepared.ts,
+            prepared.norm,
+            lock,
+            resume=resume,
+            resuming=resuming,
+            overwrite=overwrite,
+            log=log,
+        )
+        session = start_session(prepared, dist, last_path if resuming else None)
+        t_start = time.perf_counter()
+        cfg = prepared.spec.training
+        bar = EpochProgress(enabled=progress and dist.is_main, steps=cfg.steps_per_epoch, batch_size=cfg.batch_size)
+        finished_early = session.stale >= (cfg.early_stopping_patience or math.inf)
+        with bar:
+            for epoch in range(session.start_epoch + 1, cfg.epochs + 1):
+                if finished_early:
+                    break
+                bar.start_epoch(epoch, cfg.epochs)
+                train_loss, seconds = train_epoch(session, prepared, local_batch, bar)
+                row, improved = finish_epoch(session, prepared, out, epoch, train_loss, seconds)
+                bar.end_epoch(train_loss, row["val_loss"], row["val_psnr"], improved)
+                if cfg.early_stopping_patience is not None and session.stale >= cfg.early_stopping_patience:
+                    finished_early = True
+        summary = _summary(prepared, session, data, target, finished_early, time.perf_counter() - t_start)
+        spec = prepared.spec
+        title = f"{spec.name or spec.algorithm.name} ({spec.algorithm.name})"
+        dist.run_on_main(_write_report, out, session.rows, title, summary)
+        return out
+    finally:
+        prepared.ts.close()  # the files behind lazy views (see load_training_set)
 
 
 def _prepare_data(
@@ -187,8 +190,24 @@ def _prepare_data(
 
     Everything that can reject the data happens here, before the run directory is touched.
     """
-    dev = dist.device
     ts = load_training_set(data, target, spec.data.dims, spec.data.axes, spec.data.loading, spec.data.cache_mb)
+    try:
+        return _check_and_sample(spec, ts, out, dist, resuming, log)
+    except BaseException:
+        ts.close()  # explicitly: see load_training_set
+        raise
+
+
+def _check_and_sample(
+    spec: TrainingSpec,
+    ts: TrainingSet,
+    out: Path,
+    dist: DistContext,
+    resuming: bool,
+    log: Callable[[str], None] | None,
+) -> Prepared:
+    """:func:`_prepare_data` once the files are open."""
+    dev = dist.device
     if spec.data.n_channels is not None and spec.data.n_channels != ts.n_channels:
         raise DataError(f"the spec says data.n_channels={spec.data.n_channels} but the images have {ts.n_channels}")
     spec = spec.model_copy(deep=True)
