@@ -13,14 +13,12 @@ network (bioimageio.spec would otherwise look each unknown name up on api.github
 
 from __future__ import annotations
 
-import zipfile
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ai4life_kit.errors import ModelLoadError
 from ai4life_kit.export._testrun import collect_leaked_files, register_github_users
+from ai4life_kit.package_rdf import check_members, open_model_zip, read_rdf
 
 __all__ = [
     "Check",
@@ -30,7 +28,6 @@ __all__ = [
     "run_package_test",
 ]
 
-RDF_NAMES = ("rdf.yaml", "bioimageio.yaml")
 _INFO = 20  # bioimageio.spec warning severity "info"
 
 
@@ -166,51 +163,14 @@ def _short_reason(error: str) -> str:
 
 
 def inspect_zip(path: Path) -> dict[str, Any]:
-    """Open a model zip without bioimageio; return its parsed rdf or raise :class:`ModelLoadError`."""
-    import yaml
+    """Open a model zip without bioimageio; return its parsed rdf or raise :class:`ModelLoadError`.
 
+    Every member's CRC is checked too: a damaged download is named here, before bioimageio runs.
+    """
     path = Path(path)
-    if not path.exists():
-        raise ModelLoadError(f"{path} does not exist")
-    if path.is_dir():
-        raise ModelLoadError(f"{path} is a directory, not a bioimage.io model zip")
-    if not zipfile.is_zipfile(path):
-        raise ModelLoadError(f"{path} is not a zip file (a bioimage.io model package is a .zip)")
-    try:
-        with zipfile.ZipFile(path) as zf:
-            bad = zf.testzip()
-            if bad is not None:
-                raise ModelLoadError(f"{path} is corrupt: the checksum of {bad!r} inside it does not match")
-            names = zf.namelist()
-            rdf_name = next((n for n in RDF_NAMES if n in names), None)
-            if rdf_name is None:
-                rdf_name = next((n for n in names if n.endswith(".bioimageio.yaml") and "/" not in n), None)
-            if rdf_name is None:
-                raise ModelLoadError(
-                    f"{path} is not a bioimage.io package: it has no rdf.yaml or bioimageio.yaml at its top level"
-                )
-            text = zf.read(rdf_name).decode("utf-8")
-    except ModelLoadError:
-        raise
-    except (
-        zipfile.BadZipFile,
-        zipfile.LargeZipFile,
-        OSError,
-        EOFError,
-        UnicodeDecodeError,
-        ValueError,
-        zlib.error,
-    ) as exc:
-        raise ModelLoadError(f"{path} is a corrupt zip file: {type(exc).__name__}: {exc}") from None
-    try:
-        rdf = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ModelLoadError(f"{path}: {rdf_name} is not valid YAML: {str(exc).splitlines()[0]}") from None
-    if not isinstance(rdf, dict):
-        raise ModelLoadError(f"{path}: {rdf_name} does not describe a resource (expected a mapping)")
-    if rdf.get("type") != "model":
-        raise ModelLoadError(f"{path} describes a {rdf.get('type')!r}, not a model")
-    return rdf
+    with open_model_zip(path) as zf:
+        check_members(zf, path)
+        return read_rdf(zf, path)
 
 
 def github_users_in(rdf: dict[str, Any]) -> list[str]:

@@ -9,13 +9,21 @@ from ai4life_kit.models.unet import UNet, receptive_field_radius
 if TYPE_CHECKING:
     from ai4life_kit.config import TrainingSpec
 
-__all__ = ["UNet", "build_model", "halo_for_depth", "model_args", "receptive_field_radius"]
+__all__ = ["UNet", "build_model", "halo_for_depth", "model_args", "receptive_field_radius", "round_up"]
 
 
-def halo_for_depth(depth: int) -> int:
-    """Tile overlap / bioimage.io output halo: the receptive-field radius rounded up to ``2**depth``."""
-    step = 2**depth
-    return -(-receptive_field_radius(depth) // step) * step
+def round_up(value: int, multiple: int) -> int:
+    """``value`` rounded up to a multiple of ``multiple`` (tile sizes and halos of a ``2**depth`` U-Net)."""
+    return -(-int(value) // multiple) * multiple
+
+
+def halo_for_depth(depth: int, radius: int | None = None) -> int:
+    """Tile overlap / bioimage.io output halo: ``radius`` (default: the receptive field's) rounded up to ``2**depth``.
+
+    The one place halos are rounded: the predictor, the tile grid and the package's output halo
+    must agree, or tiles would be cut where the package says they are not.
+    """
+    return round_up(receptive_field_radius(depth) if radius is None else radius, 2**depth)
 
 
 def model_args(spec: TrainingSpec) -> dict:

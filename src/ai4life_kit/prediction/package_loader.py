@@ -15,24 +15,21 @@ Every file is checked against its ``sha256`` in the rdf; anything unusable raise
 
 from __future__ import annotations
 
-import hashlib
 import io
 import math
 import zipfile
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from ai4life_kit.data.normalization import PACKAGE_EPS, check_channel_values
 from ai4life_kit.errors import ModelLoadError
+from ai4life_kit.package_rdf import open_model_zip, read_member, read_rdf
 
 __all__ = ["PackageContents", "read_package"]
 
-_RDF_NAMES = ("rdf.yaml", "bioimageio.yaml")
 _WEIGHT_CHOICES = ("auto", "pytorch_state_dict", "torchscript")
 
 
@@ -59,47 +56,8 @@ class PackageContents:
         return len(self.mean)
 
 
-def _open(path: Path) -> zipfile.ZipFile:
-    if not path.exists():
-        raise ModelLoadError(f"model package {path} does not exist")
-    if not path.is_file():
-        raise ModelLoadError(f"model package {path} is not a file")
-    if not zipfile.is_zipfile(path):
-        raise ModelLoadError(f"{path} is not a zip file (a bioimage.io model package is a .zip)")
-    try:
-        return zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise ModelLoadError(f"{path} is a corrupt zip file: {exc}") from None
-
-
-def _read(zf: zipfile.ZipFile, path: Path, name: str, sha256: str | None = None) -> bytes:
-    name = name.removeprefix("./")
-    try:
-        data = zf.read(name)
-    except KeyError:
-        raise ModelLoadError(f"{path} is incomplete: its rdf names {name!r} but the zip has no such file") from None
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError, zlib.error) as exc:  # CRC errors, truncation
-        raise ModelLoadError(f"{path} is a corrupt zip file: cannot read {name!r} ({exc})") from None
-    if sha256 and hashlib.sha256(data).hexdigest() != sha256.lower():
-        raise ModelLoadError(f"{path} is corrupt: {name!r} does not match the sha256 in its rdf")
-    return data
-
-
 def _rdf(zf: zipfile.ZipFile, path: Path) -> dict[str, Any]:
-    names = zf.namelist()
-    rdf_name = next((n for n in _RDF_NAMES if n in names), None)
-    if rdf_name is None:
-        rdf_name = next((n for n in names if n.endswith(".bioimageio.yaml") and "/" not in n), None)
-    if rdf_name is None:
-        raise ModelLoadError(f"{path} is not a bioimage.io package: no rdf.yaml or bioimageio.yaml at its top level")
-    try:
-        rdf = yaml.safe_load(_read(zf, path, rdf_name).decode("utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise ModelLoadError(f"{path}: {rdf_name} is not valid YAML ({str(exc).splitlines()[0]})") from None
-    if not isinstance(rdf, dict):
-        raise ModelLoadError(f"{path}: {rdf_name} does not describe a resource")
-    if rdf.get("type") != "model":
-        raise ModelLoadError(f"{path} describes a {rdf.get('type')!r}, not a model")
+    rdf = read_rdf(zf, path)
     fv = str(rdf.get("format_version", ""))
     if not fv.startswith("0.5."):
         raise ModelLoadError(
@@ -248,7 +206,7 @@ def _load_weights(zf: zipfile.ZipFile, rdf: dict[str, Any], path: Path, weights:
         if not isinstance(entry, dict):
             continue
         name, sha = _source(entry)
-        data = _read(zf, path, name, sha)
+        data = read_member(zf, path, name, sha)
         try:
             if fmt == "torchscript":
                 model = torch.jit.load(io.BytesIO(data), map_location="cpu")
@@ -290,7 +248,7 @@ def read_package(path: Path, weights: str = "auto") -> PackageContents:
     if weights not in _WEIGHT_CHOICES:
         raise ModelLoadError(f"weights {weights!r}: choose one of {', '.join(_WEIGHT_CHOICES)}")
     path = Path(path)
-    with _open(path) as zf:
+    with open_model_zip(path) as zf:
         rdf = _rdf(zf, path)
         inputs, outputs = rdf.get("inputs") or [], rdf.get("outputs") or []
         if len(inputs) != 1 or len(outputs) != 1:

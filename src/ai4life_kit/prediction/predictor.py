@@ -113,8 +113,7 @@ class Predictor:
         self.algorithm = algorithm
         self.depth = int(depth)
         self.multiple = 2**self.depth
-        radius = halo_for_depth(self.depth) if halo is None else int(halo)
-        self.halo = -(-radius // self.multiple) * self.multiple
+        self.halo = halo_for_depth(self.depth, halo)
 
     @property
     def n_channels(self) -> int:

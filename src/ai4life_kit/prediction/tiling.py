@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from ai4life_kit.errors import UserInputError
+from ai4life_kit.models import round_up
 
 __all__ = [
     "TTA",
@@ -67,10 +68,6 @@ class TileGrid:
         return math.prod(self.counts)
 
 
-def _round_up(value: int, multiple: int) -> int:
-    return -(-value // multiple) * multiple
-
-
 def plan_grid(
     shape: Sequence[int], tile: Sequence[int] | None, halo: int, multiple: int, default_tile: int
 ) -> TileGrid:
@@ -83,16 +80,16 @@ def plan_grid(
     shape = tuple(int(s) for s in shape)
     if tile is not None and len(tile) != len(shape):
         raise UserInputError(f"--tile {','.join(map(str, tile))} has {len(tile)} values for a {len(shape)}D image")
-    halo = _round_up(halo, multiple)
+    halo = round_up(halo, multiple)
     sizes, counts = [], []
     for axis, n in enumerate(shape):
-        want = _round_up(default_tile if tile is None else int(tile[axis]), multiple)
+        want = round_up(default_tile if tile is None else int(tile[axis]), multiple)
         if want <= 2 * halo:
             raise UserInputError(
                 f"tile size {want} must be larger than twice the halo ({2 * halo}); use a larger --tile"
             )
         k = -(-n // (want - 2 * halo))
-        core = _round_up(-(-n // k), multiple)
+        core = round_up(-(-n // k), multiple)
         sizes.append(core + 2 * halo)
         counts.append(k)
     return TileGrid(shape=shape, tile=tuple(sizes), halo=halo, counts=tuple(counts))

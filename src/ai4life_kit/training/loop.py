@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ai4life_kit.config import TrainingSpec
-from ai4life_kit.data.loading import TrainingSet, load_training_set, make_sampler, split_validation, training_stats
+from ai4life_kit.data.loading import load_training_set, make_sampler, split_validation, training_stats
 from ai4life_kit.errors import DataError, OutputExistsError
 from ai4life_kit.fileio import DirLock, check_location
 from ai4life_kit.rundir import (
@@ -192,40 +192,28 @@ def _prepare_data(
     """
     ts = load_training_set(data, target, spec.data.dims, spec.data.axes, spec.data.loading, spec.data.cache_mb)
     try:
-        return _check_and_sample(spec, ts, out, dist, resuming, log)
+        dev = dist.device
+        if spec.data.n_channels is not None and spec.data.n_channels != ts.n_channels:
+            raise DataError(f"the spec says data.n_channels={spec.data.n_channels} but the images have {ts.n_channels}")
+        spec = spec.model_copy(deep=True)
+        spec.data.n_channels = ts.n_channels
+        if resuming:
+            # Every rank reads the same run directory (locked) and comes to the same verdict.
+            norm = check_resume(out, spec, ts, log)
+        patch = spec.data.patch_size
+        train_set, val_set = split_validation(ts, spec.data.val_fraction, patch)
+        if not resuming:
+            mean, std = training_stats(train_set.images, train_set.names)
+            t_mean, t_std = (mean, std)
+            if train_set.targets is not None:
+                t_mean, t_std = training_stats(train_set.targets, [f"target {n}" for n in train_set.names])
+            norm = {"mean": mean, "std": std, "target_mean": t_mean, "target_std": t_std}
+        train_sampler = make_sampler(train_set, norm, patch, dev)
+        val_sampler = make_sampler(val_set, norm, patch, dev) if val_set is not None else train_sampler
+        return Prepared(spec, ts, val_set, norm, train_sampler, val_sampler, dev, dist.world_size)
     except BaseException:
         ts.close()  # explicitly: see load_training_set
         raise
-
-
-def _check_and_sample(
-    spec: TrainingSpec,
-    ts: TrainingSet,
-    out: Path,
-    dist: DistContext,
-    resuming: bool,
-    log: Callable[[str], None] | None,
-) -> Prepared:
-    """:func:`_prepare_data` once the files are open."""
-    dev = dist.device
-    if spec.data.n_channels is not None and spec.data.n_channels != ts.n_channels:
-        raise DataError(f"the spec says data.n_channels={spec.data.n_channels} but the images have {ts.n_channels}")
-    spec = spec.model_copy(deep=True)
-    spec.data.n_channels = ts.n_channels
-    if resuming:
-        # Every rank reads the same run directory (locked) and comes to the same verdict.
-        norm = check_resume(out, spec, ts, log)
-    patch = spec.data.patch_size
-    train_set, val_set = split_validation(ts, spec.data.val_fraction, patch)
-    if not resuming:
-        mean, std = training_stats(train_set.images, train_set.names)
-        t_mean, t_std = (mean, std)
-        if train_set.targets is not None:
-            t_mean, t_std = training_stats(train_set.targets, [f"target {n}" for n in train_set.names])
-        norm = {"mean": mean, "std": std, "target_mean": t_mean, "target_std": t_std}
-    train_sampler = make_sampler(train_set, norm, patch, dev)
-    val_sampler = make_sampler(val_set, norm, patch, dev) if val_set is not None else train_sampler
-    return Prepared(spec, ts, val_set, norm, train_sampler, val_sampler, dev, dist.world_size)
 
 
 def _summary(
