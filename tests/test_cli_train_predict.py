@@ -13,6 +13,7 @@ import tifffile
 from ai4life_kit.config import save_spec
 from ai4life_kit.data.tiff_io import read_image
 from ai4life_kit.metrics import psnr
+from ai4life_kit.prediction import Predictor
 from ai4life_kit.simulate import simulate_dataset
 from kit_helpers import invoke, run_cli, small_spec
 
@@ -94,6 +95,18 @@ def test_predict_keeps_shape_and_improves(trained_run, sim, tmp_path):
     np.testing.assert_allclose(
         read_image(out2 / sim["noisy"][0].name).data, read_image(out / sim["noisy"][0].name).data, rtol=1e-4, atol=1e-2
     )
+    # --border mirror (bioimage.io's blockwise border) changes only pixels within the halo of the edge
+    out3 = tmp_path / "den_mirror"
+    assert invoke("predict", trained_run, sim["noisy"][0], "--out", out3, "--border", "mirror", "-q").exit_code == 0
+    mirrored, plain = (read_image(o / sim["noisy"][0].name).data for o in (out3, out))
+    halo = Predictor.from_run_dir(trained_run, "cpu").halo
+    inner = (Ellipsis, *(slice(halo, n - halo) for n in plain.shape[-2:]))
+    np.testing.assert_allclose(mirrored[inner], plain[inner], rtol=1e-4, atol=1e-2)
+    assert np.abs(mirrored - plain).max() > 1e-3  # the borders do differ
+    # --engine onnx: the same prediction through ONNX Runtime
+    out4 = tmp_path / "den_onnx"
+    assert invoke("predict", trained_run, sim["noisy"][0], "--out", out4, "--engine", "onnx", "-q").exit_code == 0
+    np.testing.assert_allclose(read_image(out4 / sim["noisy"][0].name).data, plain, rtol=1e-4, atol=1e-2)
     # existing outputs are not overwritten without --overwrite
     again = run_cli("predict", trained_run, sim["noisy"][0], "--out", out)
     assert again.returncode == 2 and "already exists" in again.stderr
@@ -199,6 +212,8 @@ def test_predict_bad_inputs(tmp_path, trained_run, sim):
     _expect_user_error(["predict", tmp_path / "model.zip", sim["noisy"][0], "--out", out], "")
     _expect_user_error(["predict", trained_run, sim["noisy"][0], "--out", out, "--tile", "16,16"], "halo")
     _expect_user_error(["predict", trained_run, sim["noisy"][0], "--out", out, "--tile", "a,b"], "--tile")
+    _expect_user_error(["predict", trained_run, sim["noisy"][0], "--out", out, "--border", "zero"], "--border")
+    _expect_user_error(["predict", trained_run, sim["noisy"][0], "--out", out, "--engine", "tvm"], "--engine")
     _expect_user_error(["predict", trained_run, tmp_path / "x.tif", "--out", out], "does not exist")
     two = np.random.default_rng(0).random((2, 64, 64)).astype(np.float32)
     tifffile.imwrite(tmp_path / "two.tif", two)

@@ -379,13 +379,13 @@ def test_zip_prediction_equals_the_rdf_processing_with_eps(packages):
     assert rdf["inputs"][0]["preprocessing"][0]["id"] == "fixed_zero_mean_unit_variance"
     p = Predictor.from_bioimageio(zip_path, device="cpu")
     image = np.random.default_rng(5).normal(1e-3, 1.2e-3, (1, 1, 40, 56)).astype(np.float32)
-    # one tile: the predictor pads symmetrically by the halo (and to the size multiple), runs the
-    # network, crops; the reference does the same with the rdf's processing
+    # one tile: the predictor pads symmetrically to the size multiple, runs the network, crops;
+    # the reference does the same with the rdf's processing
     grid = p.plan(image.shape[2:])
     assert len(grid) == 1
-    pad = [(0, 0), (0, 0)] + [(grid.halo, t - n - grid.halo) for t, n in zip(grid.tile, grid.shape, strict=True)]
+    pad = [(0, 0), (0, 0)] + [(0, t - n) for t, n in zip(grid.tile, grid.shape, strict=True)]
     padded = np.pad(image, pad, mode="symmetric")
-    crop = (slice(None), slice(None)) + tuple(slice(grid.halo, grid.halo + n) for n in grid.shape)
+    crop = (slice(None), slice(None)) + tuple(slice(0, n) for n in grid.shape)
     expected = _rdf_processing(rdf, network, padded)[crop]
     tstd = rdf["outputs"][0]["postprocessing"][0]["kwargs"]["gain"][0]
     for predictor in (p, Predictor.from_run_dir(run, device="cpu")):
@@ -406,8 +406,8 @@ def test_tiny_std_package_declares_scale_linear_and_predicts_without_eps(package
     image = np.random.default_rng(5).normal(1e-3, 1e-4, (1, 1, 40, 56)).astype(np.float32)
     p = Predictor.from_bioimageio(zip_path, device="cpu")
     grid = p.plan(image.shape[2:])
-    pad = [(0, 0), (0, 0)] + [(grid.halo, t - n - grid.halo) for t, n in zip(grid.tile, grid.shape, strict=True)]
-    crop = (slice(None), slice(None)) + tuple(slice(grid.halo, grid.halo + n) for n in grid.shape)
+    pad = [(0, 0), (0, 0)] + [(0, t - n) for t, n in zip(grid.tile, grid.shape, strict=True)]
+    crop = (slice(None), slice(None)) + tuple(slice(0, n) for n in grid.shape)
     expected = _rdf_processing(rdf, network, np.pad(image, pad, mode="symmetric"))[crop]
     tstd = rdf["outputs"][0]["postprocessing"][0]["kwargs"]["gain"][0]
     for predictor in (p, Predictor.from_run_dir(run, device="cpu")):

@@ -28,15 +28,17 @@ def _image(shape, seed=1):
     return np.random.default_rng(seed).normal(100, 20, shape).astype(np.float32)
 
 
+@pytest.mark.parametrize("border", ["network", "mirror"])
 @pytest.mark.parametrize("n2v2", [False, True])
 @pytest.mark.parametrize("depth", [1, 2, 3])
-def test_tiled_equals_whole_image_2d(depth, n2v2):
+def test_tiled_equals_whole_image_2d(depth, n2v2, border):
     p = _predictor(depth=depth, n2v2=n2v2)
+    p.border = border
     img = _image((301, 275))  # not a multiple of anything
     whole = p.predict(img, "YX", tile=(2048, 2048))
-    assert plan_grid(img.shape, (2048, 2048), p.halo, p.multiple, 512).counts == (1, 1)
+    assert plan_grid(img.shape, (2048, 2048), p.halo, p.multiple, 512, border).counts == (1, 1)
     tile = 2 * p.halo + 64
-    grid = plan_grid(img.shape, (tile, tile), p.halo, p.multiple, 512)
+    grid = plan_grid(img.shape, (tile, tile), p.halo, p.multiple, 512, border)
     assert min(grid.counts) >= 3  # really tiled, with tiles meeting inside the image
     tiled = p.predict(img, "YX", tile=(tile, tile), batch_size=3)
     np.testing.assert_allclose(tiled, whole, rtol=1e-4, atol=1e-3)
@@ -44,11 +46,65 @@ def test_tiled_equals_whole_image_2d(depth, n2v2):
 
 def test_tiled_equals_whole_image_3d_multichannel():
     p = _predictor(dims=3, channels=2, depth=1)
-    img = _image((2, 21, 38, 35))  # C, Z, Y, X
+    img = _image((2, 33, 38, 35))  # C, Z, Y, X
     whole = p.predict(img, "CZYX", tile=(512, 512, 512))
-    tiled = p.predict(img, "CZYX", tile=(40, 40, 40))
-    assert min(plan_grid(img.shape[1:], (40, 40, 40), p.halo, p.multiple, 128).counts) >= 2
+    tiled = p.predict(img, "CZYX", tile=(28, 28, 28))
+    assert min(plan_grid(img.shape[1:], (28, 28, 28), p.halo, p.multiple, 128).counts) >= 3
     np.testing.assert_allclose(tiled, whole, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_whole_image_is_the_network_on_the_image_padded_to_its_size_multiple(dims):
+    """The border treatment: no mirrored halo, only the few pixels up to the ``2**depth`` multiple.
+
+    It is what CAREamics and bioimageio.core's whole-sample prediction compute; any tiling gives it.
+    """
+    p = _predictor(dims=dims, depth=2 if dims == 2 else 1)
+    shape = (301, 275) if dims == 2 else (21, 46, 39)
+    img = _image(shape)
+    x = (img - p.mean[0]) / (p.std[0] + p.eps)
+    pad = [(0, -n % p.multiple) for n in shape]
+    with torch.inference_mode():
+        y = p.model(torch.from_numpy(np.pad(x, pad, mode="symmetric")[None, None].astype(np.float32)))
+    expected = y[0, 0].numpy()[tuple(slice(0, n) for n in shape)] * p.target_std[0] + p.target_mean[0]
+    tile = (2 * p.halo + 8,) * dims
+    assert sorted(p.plan(shape, tile).counts)[-2:] >= [2, 2]  # tiled along Y and X
+    for got in (p.predict(img, "ZYX"[-dims:]), p.predict(img, "ZYX"[-dims:], tile=tile)):
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("n", [1, 7, 32, 33, 100, 257, 1000, 1031])
+@pytest.mark.parametrize(("want", "halo", "multiple"), [(64, 16, 8), (96, 32, 4), (128, 8, 16)])
+def test_tiles_cover_the_axis_once_with_context_where_they_meet(n, want, halo, multiple):
+    """Cores partition the image; a core keeps ``halo`` of context on every side another tile takes over."""
+    grid = plan_grid((n,), (want,), halo, multiple, 512, "mirror")
+    (mirrored,) = grid.axes
+    halo = grid.halo  # rounded up to the multiple
+    covered = [i for lo, hi in mirrored.cores for i in range(lo, hi)]
+    assert covered == list(range(n)) and mirrored.starts[0] == -halo
+    for start, (lo, hi) in zip(mirrored.starts, mirrored.cores, strict=True):  # context on every side
+        assert lo - start >= halo and start + mirrored.tile - hi >= halo
+    (axis,) = plan_grid((n,), (want,), halo, multiple, 512).axes
+    padded = -(-n // multiple) * multiple
+    assert axis.tile <= max(want, padded if padded <= want else 0) and axis.tile % multiple == 0
+    assert axis.starts[0] == 0 and axis.padded == (padded if len(axis.starts) == 1 else axis.padded)
+    assert axis.padded >= n and axis.padded - n < axis.tile
+    if len(axis.starts) == 1:  # fits: no halo at all, only the size multiple (no wasted voxels)
+        assert axis.tile == padded and axis.cores == ((0, n),)
+    else:
+        assert axis.padded == padded  # the last tile ends where the whole image's padding ends
+    covered = [i for lo, hi in axis.cores for i in range(lo, hi)]
+    assert covered == list(range(n))
+    for i, (start, (lo, hi)) in enumerate(zip(axis.starts, axis.cores, strict=True)):
+        assert start % multiple == 0 and start <= lo and hi <= start + axis.tile
+        assert i == 0 or lo - start >= halo
+        assert i == len(axis.starts) - 1 or start + axis.tile - hi >= halo
+
+
+def test_a_thin_volume_runs_whole_along_the_axes_that_fit():
+    p = _predictor(dims=3, depth=2)
+    grid = p.plan((48, 60, 60))
+    assert grid.counts == (1, 1, 1) and grid.tile == (48, 60, 60)  # not 112 x 124 x 124
 
 
 def test_halo_covers_measured_receptive_field():
@@ -117,3 +173,30 @@ def test_bad_requests_are_clear_errors():
         p.predict(_image((32, 32)), "ZYX")
     with pytest.raises(DataError, match="Z axis"):
         _predictor(dims=3).predict(_image((32, 32)), "YX")
+
+
+@pytest.mark.parametrize(("dims", "n2v2"), [(2, True), (3, False)])
+def test_onnx_engine_gives_the_torch_prediction(dims, n2v2):
+    """``--engine onnx``: the same tiles through ONNX Runtime, the same numbers (N2V2's blur pool too)."""
+    p = _predictor(dims=dims, depth=2 if dims == 2 else 1, n2v2=n2v2)
+    img = _image((150, 130) if dims == 2 else (20, 40, 36))
+    tile = (96, 96) if dims == 2 else (28, 28, 28)
+    assert len(p.plan(img.shape, tile)) > 1
+    axes = "ZYX"[-dims:]
+    expected = p.predict(img, axes, tile=tile, precision="fp32")
+    p.engine = "onnx"
+    got = p.predict(img, axes, tile=tile)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-3)
+    assert p.engine == "onnx" and next(p.model.parameters()).device.type == "cpu"  # the torch model is untouched
+    with pytest.raises(UserInputError, match="fp32"):
+        p.predict(img, axes, precision="bf16")
+
+
+def test_onnx_engine_without_onnxruntime_says_how_to_install(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime raises ImportError
+    p = _predictor()
+    p.engine = "onnx"
+    with pytest.raises(UserInputError, match=r"pip install 'ai4life-kit\[bioimageio\]'"):
+        p.predict(_image((64, 64)), "YX")

@@ -3,9 +3,9 @@
 The input is a :class:`~ai4life_kit.data.views.CanonicalView` (lazy on disk, or an array in
 memory) and the output a writable one (a TIFF written through short-lived memory maps, a Zarr
 array, or an array), so memory holds only a batch of tiles and the model beyond input and
-output. Each tile is read as its window plus halo, clipped to the image, and the part outside
-the image is filled by index reflection exactly as ``np.pad(..., mode="symmetric")`` fills it
-(bioimageio.core's border treatment).
+output. Each tile is read as its window, clipped to the image; the few pixels past the image's
+end (up to the size multiple) are filled by index reflection exactly as
+``np.pad(..., mode="symmetric")`` fills them.
 
 Outputs are created under a temporary name next to their final path and renamed into place
 only when complete: an interrupted run never leaves a partial file under the final name.
@@ -43,15 +43,12 @@ OUTPUT_FORMATS = {".tif": "tif", ".tiff": "tif", ".zarr": "zarr"}
 
 
 def read_padded_tile(view: CanonicalView, sample: int, origin: Sequence[int], grid: TileGrid) -> np.ndarray:
-    """One network input ``(C, *grid.tile)`` of the symmetrically padded sample, in the view's dtype.
+    """One network input ``(C, *grid.tile)`` of the sample mirrored past its end, in the view's dtype.
 
-    ``origin`` is in padded coordinates (as :meth:`TileGrid.origins` gives them). Only the
+    ``origin`` is in image coordinates (as :meth:`TileGrid.origins` gives them). Only the
     bounding box of the pixels the tile needs is read; reflected parts are gathered from it.
     """
-    index = [
-        symmetric_index(o - grid.halo, o - grid.halo + t, n)
-        for o, t, n in zip(origin, grid.tile, grid.shape, strict=True)
-    ]
+    index = [symmetric_index(o, o + t, n) for o, t, n in zip(origin, grid.tile, grid.shape, strict=True)]
     lo = [int(i.min()) for i in index]
     hi = [int(i.max()) + 1 for i in index]
     block = view.read(sample, [slice(a, b) for a, b in zip(lo, hi, strict=True)])

@@ -1,18 +1,25 @@
-"""Tiled prediction with a halo: any image size, bounded memory, no seams.
+"""Tiled prediction with a halo: any image size, bounded memory, no seams, no wasted border.
 
-One spatial axis of length ``n``, tile ``t`` and halo ``h`` (``t`` and ``h`` multiples of
-``m = 2**depth``, so every tile sits on the same pooling grid as the whole image)::
+One spatial axis of length ``n``, padded at its end to ``N`` (the next multiple of
+``m = 2**depth``, mirrored), tiles of ``t`` and a halo ``h`` (``t``, ``h`` multiples of ``m``)::
 
-    mirror-padded:   |hhh|.......... image (n) ..........|xxx|hhh|
-    tile 0:          |hhh|== core (s = t-2h) ==|hhh|
-    tile 1:                          |hhh|== core ==|hhh|
-    ...
-    output:              |== core ==|== core ==|...   cropped back to n
+    image (n), padded to N:  |................ image ................|x|
+    tile 0:                  |=== core ===|hhh|
+    tile 1:                         |hhh|=== core ===|hhh|
+    last tile:                                   |hhh|=== core ===|x|
 
-Each output pixel depends only on input pixels within the receptive-field radius (<= ``h``),
-which are the same in the padded whole image and in its tile, so tiled and whole-image
-predictions agree to float rounding. A dimension that fits in one tile is not split, and the
-tiles of an axis share its length evenly (see :func:`plan_grid`).
+The first tile starts at the image's first pixel and the last ends at ``N``: at the image's
+borders a tile sees what the whole image would (the network's own zero padding), inside it each
+core keeps ``h`` pixels of context on the sides where another tile takes over. Each output pixel
+depends only on input pixels within the receptive-field radius (<= ``h``), so every tiling gives
+the prediction of the whole (padded) image to float rounding. An axis that fits in one tile runs
+as it is, padded to ``N`` only: a 60 x 60 x 48 volume costs 60 x 60 x 48 voxels, not
+124 x 124 x 112 with a halo on every side. Where an axis needs several tiles, they share its
+length evenly (see :func:`plan_grid`).
+
+bioimage.io's blockwise prediction (bioimageio.core, ilastik) pads the image's borders with a
+mirrored halo instead; that changes the outermost ~``h`` pixels only (measured in
+``benchmarks/bench_predict_border.py``); whole-image prediction there is what the kit computes.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from ai4life_kit.errors import UserInputError
 from ai4life_kit.models import round_up
 
 __all__ = [
+    "BORDERS",
     "TTA",
     "Job",
     "TTATransform",
@@ -43,56 +51,127 @@ __all__ = [
 
 
 @dataclass(frozen=True)
+class AxisTiles:
+    """The tiles along one spatial axis, in image coordinates."""
+
+    length: int  # image size
+    tile: int  # network input size
+    starts: tuple[int, ...]  # where each tile starts (its end may be padding past the image)
+    cores: tuple[tuple[int, int], ...]  # [lo, hi) each tile writes, clipped to the image
+
+    @property
+    def padded(self) -> int:
+        """End of the last tile: the image mirrored past its end up to here."""
+        return self.starts[-1] + self.tile
+
+
+@dataclass(frozen=True)
 class TileGrid:
     """Tile geometry along each spatial axis."""
 
     shape: tuple[int, ...]  # image size per axis
     tile: tuple[int, ...]  # network input size per axis
-    halo: int
-    counts: tuple[int, ...]  # tiles per axis
+    halo: int  # context kept where two tiles meet
+    axes: tuple[AxisTiles, ...]
+
+    @property
+    def counts(self) -> tuple[int, ...]:
+        """Tiles per axis."""
+        return tuple(len(a.starts) for a in self.axes)
 
     @property
     def core(self) -> tuple[int, ...]:
-        return tuple(t - 2 * self.halo for t in self.tile)
+        """The largest core per axis (interior tiles'; chunk sizes of streamed outputs)."""
+        return tuple(max(hi - lo for lo, hi in a.cores) for a in self.axes)
 
     @property
     def padded(self) -> tuple[int, ...]:
-        return tuple(k * c + 2 * self.halo for k, c in zip(self.counts, self.core, strict=True))
+        return tuple(a.padded for a in self.axes)
 
     def origins(self) -> Iterator[tuple[int, ...]]:
-        """Start of each tile in padded coordinates (= start of its core in image coordinates)."""
-        ranges = [range(0, k * c, c) for k, c in zip(self.counts, self.core, strict=True)]
-        return itertools.product(*ranges)
+        """Start of each tile in image coordinates (before 0 and past the image: mirrored padding)."""
+        return itertools.product(*(a.starts for a in self.axes))
 
     def __len__(self) -> int:
         return math.prod(self.counts)
 
 
-def plan_grid(
-    shape: Sequence[int], tile: Sequence[int] | None, halo: int, multiple: int, default_tile: int
-) -> TileGrid:
-    """Choose tiles no larger than the requested (or default) size, with equal cores per axis.
+def _axis_tiles(n: int, want: int, halo: int, multiple: int, before: int) -> AxisTiles:
+    """Tiles of at most ``want`` covering ``[0, n)``: one if the padded axis fits, else as few as can, evenly.
 
-    An axis of length ``n`` needs ``k = ceil(n / (t_max - 2*halo))`` tiles; their cores are then
-    made as even as possible (``ceil(n / k)``, rounded up to the pooling multiple), so no tile is
-    mostly padding: 1024 px with a 512 px maximum runs three 408 px tiles, not three 512 px ones.
+    ``before`` mirrored pixels precede the image (and as many follow it): 0 for the ``network``
+    border, ``halo`` for ``mirror``. The tiles are laid over that extended axis, padded at its end
+    to the size multiple; starts and cores are returned in image coordinates.
+    """
+    length = n + 2 * before
+    padded = round_up(length, multiple)
+    if padded <= want:
+        return AxisTiles(n, padded, (-before,), ((0, n),))
+    if want <= 2 * halo:
+        raise UserInputError(f"tile size {want} must be larger than twice the halo ({2 * halo}); use a larger --tile")
+    # k tiles cover (t - h) + (k - 2)(t - 2h) + (t - h) = k (t - 2h) + 2h pixels of cores.
+    k = -(-(padded - 2 * halo) // (want - 2 * halo))
+    tile = round_up(-(-(padded - 2 * halo) // k) + 2 * halo, multiple)
+    step = tile - 2 * halo
+    # The last tile ends exactly at the padded end (as the whole image does), overlapping its
+    # neighbour a little more than the others do.
+    starts = [min(i * step, padded - tile) for i in range(k)]
+    bounds = [min(max(b - before, 0), n) for b in (0, *(a + halo for a in starts[1:]), length)]
+    return AxisTiles(n, tile, tuple(a - before for a in starts), tuple(itertools.pairwise(bounds)))
+
+
+BORDERS = ("network", "mirror")
+"""``network``: at the image's border the network sees what it sees on the whole image (its own
+zero padding), as CAREamics and a whole-image run do; ``mirror``: the image is mirrored by the halo
+first, bioimage.io's blockwise convention (bioimageio.core, deepImageJ, ilastik), at the cost of
+``2 * halo`` more pixels per axis."""
+
+
+def _default_tiles(shape: Sequence[int], default_tile: int, multiple: int, before: int) -> list[int]:
+    """Default tile sizes: a budget of ``default_tile ** ndim`` pixels, not a cube.
+
+    Axes that fit in ``default_tile`` run whole; the others share what they leave of the budget
+    (the memory a default tile takes): a 64 x 512 x 512 stack runs 64 x 176 x 176 tiles instead of
+    64 x 128 x 128 ones, 16 tiles instead of 49, with far less overlap.
+    """
+    padded = [round_up(n + 2 * before, multiple) for n in shape]
+    fits = [p <= default_tile for p in padded]
+    if all(fits) or not any(fits):
+        return [default_tile] * len(shape)
+    left = default_tile ** len(shape) / math.prod(p for p, f in zip(padded, fits, strict=True) if f)
+    share = int(left ** (1 / fits.count(False)))
+    share = max(default_tile, share // multiple * multiple)
+    return [default_tile if f else share for f in fits]
+
+
+def plan_grid(
+    shape: Sequence[int],
+    tile: Sequence[int] | None,
+    halo: int,
+    multiple: int,
+    default_tile: int,
+    border: str = "network",
+) -> TileGrid:
+    """Choose tiles no larger than the requested (or default, see :func:`_default_tiles`) size, evenly.
+
+    An axis whose length, padded to the pooling ``multiple``, fits in one tile runs whole. Else
+    it needs ``k = ceil((N - 2*halo) / (t_max - 2*halo))`` tiles, and their size is made as small
+    as covers the axis (rounded up to the multiple), so no tile is mostly padding: 1024 px with a
+    512 px maximum runs three 384 px tiles, not three 512 px ones. ``border``: one of
+    :data:`BORDERS`.
     """
     shape = tuple(int(s) for s in shape)
     if tile is not None and len(tile) != len(shape):
         raise UserInputError(f"--tile {','.join(map(str, tile))} has {len(tile)} values for a {len(shape)}D image")
+    if border not in BORDERS:
+        raise UserInputError(f"border {border!r}: choose one of {', '.join(BORDERS)}")
     halo = round_up(halo, multiple)
-    sizes, counts = [], []
-    for axis, n in enumerate(shape):
-        want = round_up(default_tile if tile is None else int(tile[axis]), multiple)
-        if want <= 2 * halo:
-            raise UserInputError(
-                f"tile size {want} must be larger than twice the halo ({2 * halo}); use a larger --tile"
-            )
-        k = -(-n // (want - 2 * halo))
-        core = round_up(-(-n // k), multiple)
-        sizes.append(core + 2 * halo)
-        counts.append(k)
-    return TileGrid(shape=shape, tile=tuple(sizes), halo=halo, counts=tuple(counts))
+    before = halo if border == "mirror" else 0
+    wants = _default_tiles(shape, default_tile, multiple, before) if tile is None else [int(t) for t in tile]
+    axes = tuple(
+        _axis_tiles(n, round_up(want, multiple), halo, multiple, before) for n, want in zip(shape, wants, strict=True)
+    )
+    return TileGrid(shape=shape, tile=tuple(a.tile for a in axes), halo=halo, axes=axes)
 
 
 @dataclass(frozen=True)
@@ -144,7 +223,7 @@ def _transforms(tta: TTA, spatial_ndim: int) -> Sequence[TTATransform]:
     return list(tta) or [TTATransform()]
 
 
-Job = tuple[int, tuple[int, ...]]  # (sample, tile origin in padded coordinates)
+Job = tuple[int, tuple[int, ...]]  # (sample, tile origin in image coordinates)
 
 
 def symmetric_index(start: int, stop: int, n: int) -> np.ndarray:
@@ -165,8 +244,8 @@ def tile_jobs(n_samples: int, grid: TileGrid) -> Iterator[Job]:
 
 
 def core_window(origin: Sequence[int], grid: TileGrid) -> tuple[slice, ...]:
-    """Where a tile's core lands in the image, clipped to the image (the last tiles overhang)."""
-    return tuple(slice(o, min(o + c, n)) for o, c, n in zip(origin, grid.core, grid.shape, strict=True))
+    """Where the core of the tile starting at ``origin`` lands in the image."""
+    return tuple(slice(*a.cores[a.starts.index(o)]) for o, a in zip(origin, grid.axes, strict=True))
 
 
 def run_tiles(
@@ -198,7 +277,6 @@ def run_tiles(
             acc = y if acc is None else acc + y
         return acc / len(transforms)
 
-    core = (slice(None), slice(None)) + tuple(slice(grid.halo, grid.halo + c) for c in grid.core)
     jobs = iter(jobs)
     while True:
         chunk = list(itertools.islice(jobs, batch_size))
@@ -208,8 +286,9 @@ def run_tiles(
         batch = torch.from_numpy(np.ascontiguousarray(tiles)).to(device, non_blocking=True)
         del tiles
         pred = run(batch).cpu().numpy()
-        for job, y in zip(chunk, pred[core], strict=True):
+        for job, y in zip(chunk, pred, strict=True):
             dst = core_window(job[1], grid)
-            write_core(job, dst, y[(slice(None), *(slice(0, d.stop - d.start) for d in dst))])
+            crop = tuple(slice(d.start - o, d.stop - o) for d, o in zip(dst, job[1], strict=True))
+            write_core(job, dst, y[(slice(None), *crop)])
         if progress is not None:
             progress(len(chunk))
