@@ -469,33 +469,26 @@ def _snapshot_run(run: Path, dest: Path) -> None:
 
 
 def _kit_whole_image(predictor: Any, noisy: Any) -> Any:
-    """The network on the whole image, as the CAREamics curve does (no tiles, no halo).
+    """The current weights on the whole image, as the CAREamics curve does (one tile, no halo).
 
-    `Predictor.predict` pads every side with the receptive-field halo, which makes small 3D
-    volumes several times larger; the curve only needs the model's current quality.
+    ``Predictor.predict`` runs an image that fits in one tile whole, padded only to the size
+    multiple (the ``network`` border), which is what CAREamics' whole-image curve computes.
     """
-    import numpy as np
-    import torch
-
-    x = (noisy.astype(np.float32) - predictor.mean[0]) / predictor.std[0]
-    with torch.inference_mode():
-        t = torch.from_numpy(x)[None, None].contiguous(memory_format=predictor.memory_format)
-        y = predictor.model(t)[0, 0].float().numpy()
-    return y * predictor.target_std[0] + predictor.target_mean[0]
+    return predictor.predict(noisy, "ZYX"[-noisy.ndim :], tile=[4096] * noisy.ndim, precision="fp32")
 
 
 def run_kit(job: dict[str, Any]) -> dict[str, Any]:
     """Train with ai4life-kit's Python API, evaluating the last checkpoint after every epoch."""
     import numpy as np
 
-    import ai4life_kit.training.loop as loop
+    import ai4life_kit.training.session as loop  # where each epoch writes its files
     from ai4life_kit.config import parse_spec
     from ai4life_kit.prediction import Predictor
     from ai4life_kit.training import train
 
     import_s = time.perf_counter() - _START
-    if not hasattr(loop, "write_metrics"):
-        raise RuntimeError("ai4life_kit.training.loop.write_metrics is gone: update the benchmark's epoch hook")
+    if not hasattr(loop, "_write_epoch"):
+        raise RuntimeError("ai4life_kit.training.session._write_epoch is gone: update the benchmark's epoch hook")
     out = Path(job["out"])
     run, snap = out / "run", out / "run-at-steps"
     noisy = np.load(job["files"]["noisy"])
@@ -504,11 +497,11 @@ def run_kit(job: dict[str, Any]) -> dict[str, Any]:
     curve: list[dict[str, float]] = []
     rates: list[float] = []
     state: dict[str, float] = {}
-    original = loop.write_metrics
+    original = loop._write_epoch
     clock = _Clock()
 
-    def epoch_hook(rows: list[dict], path: Path) -> None:
-        original(rows, path)
+    def epoch_hook(run_dir: Path, last: Any, best: Any, rows: list[dict]) -> None:
+        original(run_dir, last, best, rows)  # the epoch's checkpoints are in place afterwards
         t_hook = time.perf_counter()
         step, train_s = int(rows[-1]["step"]), clock.train_s()
         rates.append(float(rows[-1]["patches_per_s"]))
@@ -521,7 +514,7 @@ def run_kit(job: dict[str, Any]) -> dict[str, Any]:
         if step >= job["steps"] and train_s >= job["seconds"]:
             raise _StopTraining
 
-    loop.write_metrics = epoch_hook
+    loop._write_epoch = epoch_hook
     spec = parse_spec(_kit_spec(job), "bench")
     data = [job["files"]["train_noisy_tif"]]
     target = [job["files"]["train_gt_tif"]] if job["algorithm"] == "care" else None
@@ -531,7 +524,7 @@ def run_kit(job: dict[str, Any]) -> dict[str, Any]:
     except _StopTraining:
         pass
     finally:
-        loop.write_metrics = original
+        loop._write_epoch = original
     predictor = Predictor.from_run_dir(snap, "cpu")
     np.save(out / "pred_steps.npy", predictor.predict(noisy, job["axes"]))
     result = {
