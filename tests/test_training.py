@@ -209,3 +209,31 @@ def test_compiled_training_writes_the_same_kind_of_run(tmp_path, sims, monkeypat
     }
     assert loss["c"] == pytest.approx(loss["e"], rel=0.02)
     assert Predictor.from_run_dir(run, "cpu").predict(read_image(sim["noisy"][0]).data, "YX").shape == (128, 128)
+
+
+def test_ema_weights_are_validated_kept_as_best_and_resumed_exactly(tmp_path, sims):
+    """training.ema_decay: best.pt holds the averaged weights; last.pt both; a resume continues both exactly."""
+    sim = sims(2)
+    data = [str(sim["noisy"][0])]
+
+    def run(out, epochs, resume=False):
+        spec = small_spec("n2v", training__epochs=epochs, training__steps_per_epoch=5, training__ema_decay=0.9)
+        return train(spec, data, None, out, device="cpu", progress=False, resume=resume)
+
+    straight = run(tmp_path / "a", 4)
+    run(tmp_path / "b", 2)
+    resumed = run(tmp_path / "b", 4, resume=True)
+    a = torch.load(straight / "checkpoints" / "last.pt", weights_only=True)
+    b = torch.load(resumed / "checkpoints" / "last.pt", weights_only=True)
+    for key, value in a["ema_state"].items():
+        torch.testing.assert_close(b["ema_state"][key], value, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(b["model_state"][key], a["model_state"][key], rtol=1e-5, atol=1e-6)
+    weight = next(k for k, v in a["model_state"].items() if v.is_floating_point() and v.ndim > 1)
+    assert not torch.equal(a["ema_state"][weight], a["model_state"][weight])  # an average, not a copy
+    best = torch.load(straight / "checkpoints" / "best.pt", weights_only=True)
+    if best["epoch"] == a["epoch"]:
+        torch.testing.assert_close(best["model_state"][weight], a["ema_state"][weight], rtol=0, atol=0)
+    else:  # an earlier epoch's average: never the raw weights of the last epoch
+        assert not torch.equal(best["model_state"][weight], a["model_state"][weight])
+    # Prediction from the run directory uses best.pt, i.e. the averaged weights
+    assert Predictor.from_run_dir(straight, "cpu").predict(np.zeros((64, 64), np.float32), "YX").shape == (64, 64)

@@ -164,6 +164,7 @@ class TrainingState:
     rng_state: Any
     rng_states: list[Any]
     world_size: int = 1
+    ema_state: dict[str, Any] | None = None  # the averaged weights (training.ema_decay), None without
 
     def to_dict(self) -> dict[str, Any]:
         # Shallow on purpose: asdict would deep-copy every weight tensor of the state dicts.
@@ -174,7 +175,7 @@ class TrainingState:
         """``last.pt`` of a run; a checkpoint without the resume fields is a one-line error."""
         ckpt = load_checkpoint(path)
         names = [f.name for f in dataclasses.fields(cls)]
-        missing = [n for n in names if n not in ckpt and n not in ("rng_states", "world_size")]
+        missing = [n for n in names if n not in ckpt and n not in ("rng_states", "world_size", "ema_state")]
         if missing:
             raise ModelLoadError(f"{path} cannot be resumed from: it has no {', '.join(missing)}")
         values = {n: ckpt[n] for n in names if n in ckpt}

@@ -153,6 +153,9 @@ class TrainingConfig(_Strict):
     """Stop after this many epochs without a better validation loss (null: never)."""
     val_patches: Annotated[int, Field(ge=1)] = 256
     """Fixed validation patches, drawn once per run."""
+    ema_decay: Annotated[float, Field(ge=0, lt=1)] | None = None
+    """Validate and keep as ``best.pt`` an exponential moving average of the weights (e.g. 0.99;
+    null: the raw weights). The average warms up as ``min(decay, (1 + step) / (10 + step))``."""
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     """`auto`: bf16 autocast on CUDA, fp32 elsewhere."""
     compile: bool = False

@@ -7,6 +7,7 @@ scheduler and writes the epoch's files as one set (:func:`_write_epoch`).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import time
@@ -104,6 +105,21 @@ def _validate(model, batches, device, precision: str, loss_kind: str) -> tuple[f
     return val_loss, psnr
 
 
+@torch.no_grad()
+def _update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float, step: int) -> None:
+    """``ema <- d * ema + (1 - d) * model`` with ``d = min(decay, (1 + step) / (10 + step))``.
+
+    The warm-up keeps the first steps' random weights from dominating a short training. Batch
+    norm statistics are averaged alike; integer buffers (batch counters) are copied.
+    """
+    d = min(decay, (1 + step) / (10 + step))
+    for e, m in zip(ema.state_dict().values(), model.state_dict().values(), strict=True):
+        if e.is_floating_point():
+            e.lerp_(m, 1 - d)
+        else:
+            e.copy_(m)
+
+
 def _scheduler(opt, spec: TrainingSpec):
     kind = spec.training.lr_schedule
     if kind == "plateau":
@@ -171,6 +187,12 @@ class Session:
     best: float = float("inf")
     stale: int = 0
     rows: list[dict] = dataclasses.field(default_factory=list)
+    ema: torch.nn.Module | None = None  # averaged weights (training.ema_decay): validated and kept as best.pt
+
+    @property
+    def selected(self) -> torch.nn.Module:
+        """The weights that are validated and become ``best.pt``: the average if there is one."""
+        return self.ema if self.ema is not None else self.model
 
 
 def start_session(prepared: Prepared, dist: DistContext, resume_from: Path | None) -> Session:
@@ -214,6 +236,10 @@ def start_session(prepared: Prepared, dist: DistContext, resume_from: Path | Non
         session.best, session.stale = state.best_val_loss, state.epochs_without_improvement
         metrics = resume_from.parent.parent / METRICS_FILE
         session.rows = [r for r in read_metrics(metrics) if r["epoch"] <= session.start_epoch]
+    if cfg.ema_decay is not None:
+        session.ema = copy.deepcopy(model).eval()
+        if resume_from is not None and state.ema_state is not None:
+            session.ema.load_state_dict(state.ema_state)
     # Wrapped after loading the checkpoint: DDP starts every rank from rank 0's weights. `model` stays
     # the plain module for validation (rank 0 alone, no collectives) and for checkpoints.
     session.net = dist.wrap(model)
@@ -250,6 +276,8 @@ def train_epoch(session: Session, prepared: Prepared, local_batch: int, bar: Epo
         session.opt.step()
         running += loss.detach()
         session.step += 1
+        if session.ema is not None:
+            _update_ema(session.ema, session.model, cfg.ema_decay, session.step)
         bar.advance(loss)
     seconds = time.perf_counter() - t0
     return session.dist.all_reduce_mean(running / cfg.steps_per_epoch).item(), seconds
@@ -262,7 +290,7 @@ def finish_epoch(
     dist, cfg = session.dist, prepared.spec.training
     # Validated on rank 0, the result shared: every rank takes the same scheduler/early-stop decisions.
     val_loss, val_psnr = dist.broadcast_object(
-        _validate(session.model, session.val_batches, prepared.device, cfg.precision, session.loss_kind)
+        _validate(session.selected, session.val_batches, prepared.device, cfg.precision, session.loss_kind)
         if dist.is_main
         else None
     )
@@ -288,8 +316,10 @@ def finish_epoch(
         rng_state=rng_states[0],
         rng_states=rng_states,
         world_size=dist.world_size,
+        ema_state=session.ema.state_dict() if session.ema is not None else None,
     )
-    best_ckpt = ModelCheckpoint(last.model_args, last.model_state, epoch, val_loss) if improved else None
+    selected = session.selected.state_dict()
+    best_ckpt = ModelCheckpoint(last.model_args, selected, epoch, val_loss) if improved else None
     row = {
         "epoch": epoch,
         "step": session.step,
