@@ -190,6 +190,9 @@ def test_onnx_engine_gives_the_torch_prediction(dims, n2v2):
     assert p.engine == "onnx" and next(p.model.parameters()).device.type == "cpu"  # the torch model is untouched
     with pytest.raises(UserInputError, match="fp32"):
         p.predict(img, axes, precision="bf16")
+    p.engine = "tvm"  # a typo is an error, not the torch engine
+    with pytest.raises(UserInputError, match="choose one of torch, onnx"):
+        p.predict(img, axes)
 
 
 def test_onnx_engine_without_onnxruntime_says_how_to_install(monkeypatch):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import signal
@@ -237,3 +238,22 @@ def test_ema_weights_are_validated_kept_as_best_and_resumed_exactly(tmp_path, si
         assert not torch.equal(best["model_state"][weight], a["model_state"][weight])
     # Prediction from the run directory uses best.pt, i.e. the averaged weights
     assert Predictor.from_run_dir(straight, "cpu").predict(np.zeros((64, 64), np.float32), "YX").shape == (64, 64)
+
+
+def test_ema_update_follows_the_weights_the_optimiser_changes_in_place():
+    """The (average, weight) pairs are taken once; each update must see the optimiser's latest weights."""
+    from ai4life_kit.training.session import _ema_pairs, _update_ema
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2))
+    ema = copy.deepcopy(model)
+    pairs = _ema_pairs(ema, model)
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    for step in (1, 2):
+        before = ema[0].weight.detach().clone()
+        model(torch.randn(2, 1, 8, 8)).sum().backward()
+        opt.step()  # in place, as Adam does in training
+        model[1].num_batches_tracked += 1
+        _update_ema(pairs, 0.99, step)
+        d = min(0.99, (1 + step) / (10 + step))
+        torch.testing.assert_close(ema[0].weight, d * before + (1 - d) * model[0].weight.detach())
+        assert int(ema[1].num_batches_tracked) == int(model[1].num_batches_tracked)  # integers copied

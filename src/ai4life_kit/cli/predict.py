@@ -104,8 +104,8 @@ def predict(
     engine: Annotated[
         str,
         typer.Option(
-            help="torch, or onnx: the same tiles through ONNX Runtime, about 2x faster on CPUs, same result "
-            "(fp32, CPU only; needs onnxruntime).",
+            help="torch, or onnx: the same tiles through ONNX Runtime, same result, about 2x faster for 2D "
+            "models on CPUs (slower for 3D; fp32, CPU only; needs onnxruntime).",
         ),
     ] = "torch",
     precision: Annotated[str, typer.Option(help="auto (bf16 on CUDA), fp32 or bf16.")] = "auto",

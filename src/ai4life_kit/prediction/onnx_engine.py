@@ -1,7 +1,8 @@
 """``predict --engine onnx``: the same tiles and batches through ONNX Runtime on the CPU.
 
-Measured in ``benchmarks/bench_predict_cpu.py`` (2 cores, torch 2.13, onnxruntime 1.32): 2.2x
-torch's fp32 MPix/s on 2D tiles with a PSNR change of -3e-7 dB. It is an option, not the default:
+Measured in ``benchmarks/bench_predict_cpu.py`` (2 cores, torch 2.13, onnxruntime 1.32): 2.0x
+torch's fp32 MPix/s on 2D tiles, but 0.65x on 3D volumes, with a PSNR change below 1e-6 dB. It is
+an option, not the default:
 onnxruntime is an optional dependency (``pip install 'ai4life-kit[bioimageio]'``, not in the
 challenge image), and exporting the network costs a few seconds per model.
 """

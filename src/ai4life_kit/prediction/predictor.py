@@ -18,6 +18,7 @@ from ai4life_kit.data.views import CanonicalView
 from ai4life_kit.errors import DataError, ModelLoadError, UserInputError
 from ai4life_kit.models import halo_for_depth
 from ai4life_kit.models.unet import UNet
+from ai4life_kit.prediction.onnx_engine import ENGINES, onnx_forward
 from ai4life_kit.prediction.package_loader import read_package
 from ai4life_kit.prediction.tiling import TileGrid, TTATransform, plan_grid, tta_transforms
 from ai4life_kit.rundir import ModelCheckpoint, checkpoint_path, load_checkpoint
@@ -88,7 +89,8 @@ class Predictor:
         the image's border.
     engine
         ``torch`` (default) or ``onnx``: the same tiles through ONNX Runtime (CPU, fp32; needs
-        onnxruntime), about 2x faster on CPUs (:mod:`~ai4life_kit.prediction.onnx_engine`).
+        onnxruntime), about 2x faster for 2D models on CPUs, slower for 3D
+        (:mod:`~ai4life_kit.prediction.onnx_engine`).
     """
 
     def __init__(
@@ -213,6 +215,8 @@ class Predictor:
     def _forward(self, precision: str) -> Callable[[torch.Tensor], torch.Tensor]:
         if self.engine == "onnx":
             return self._onnx_forward(precision)
+        if self.engine not in ENGINES:  # a typo must not silently run the other engine
+            raise UserInputError(f"engine {self.engine!r}: choose one of {', '.join(ENGINES)}")
 
         def forward(x: torch.Tensor) -> torch.Tensor:
             with torch.inference_mode(), autocast(self.device, precision):
@@ -227,8 +231,6 @@ class Predictor:
         if precision == "bf16":
             raise UserInputError("--engine onnx computes in fp32; leave --precision at auto or fp32")
         if self._onnx is None:
-            from ai4life_kit.prediction.onnx_engine import onnx_forward
-
             size = 2 * self.halo + self.multiple
             self._onnx = onnx_forward(self.model, torch.zeros((1, self.n_channels) + (size,) * self.spatial_ndim))
         return self._onnx

@@ -18,8 +18,8 @@ as it is, padded to ``N`` only: a 60 x 60 x 48 volume costs 60 x 60 x 48 voxels,
 length evenly (see :func:`plan_grid`).
 
 bioimage.io's blockwise prediction (bioimageio.core, ilastik) pads the image's borders with a
-mirrored halo instead; that changes the outermost ~``h`` pixels only (measured in
-``benchmarks/bench_predict_border.py``); whole-image prediction there is what the kit computes.
+mirrored halo instead (``border="mirror"`` here); that changes the outermost ``h`` pixels only
+(measured in ``benchmarks/bench_predict_cpu.py``); whole-image prediction there is what the kit computes.
 """
 
 from __future__ import annotations

@@ -105,15 +105,20 @@ def _validate(model, batches, device, precision: str, loss_kind: str) -> tuple[f
     return val_loss, psnr
 
 
+def _ema_pairs(ema: torch.nn.Module, model: torch.nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(average, weight) tensor pairs, taken once: state dict tensors share the modules' storage."""
+    return list(zip(ema.state_dict().values(), model.state_dict().values(), strict=True))
+
+
 @torch.no_grad()
-def _update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float, step: int) -> None:
+def _update_ema(pairs: list[tuple[torch.Tensor, torch.Tensor]], decay: float, step: int) -> None:
     """``ema <- d * ema + (1 - d) * model`` with ``d = min(decay, (1 + step) / (10 + step))``.
 
     The warm-up keeps the first steps' random weights from dominating a short training. Batch
     norm statistics are averaged alike; integer buffers (batch counters) are copied.
     """
     d = min(decay, (1 + step) / (10 + step))
-    for e, m in zip(ema.state_dict().values(), model.state_dict().values(), strict=True):
+    for e, m in pairs:
         if e.is_floating_point():
             e.lerp_(m, 1 - d)
         else:
@@ -188,6 +193,7 @@ class Session:
     stale: int = 0
     rows: list[dict] = dataclasses.field(default_factory=list)
     ema: torch.nn.Module | None = None  # averaged weights (training.ema_decay): validated and kept as best.pt
+    ema_pairs: list[tuple[torch.Tensor, torch.Tensor]] = dataclasses.field(default_factory=list)
 
     @property
     def selected(self) -> torch.nn.Module:
@@ -240,6 +246,7 @@ def start_session(prepared: Prepared, dist: DistContext, resume_from: Path | Non
         session.ema = copy.deepcopy(model).eval()
         if resume_from is not None and state.ema_state is not None:
             session.ema.load_state_dict(state.ema_state)
+        session.ema_pairs = _ema_pairs(session.ema, model)
     # Wrapped after loading the checkpoint: DDP starts every rank from rank 0's weights. `model` stays
     # the plain module for validation (rank 0 alone, no collectives) and for checkpoints.
     session.net = dist.wrap(model)
@@ -277,7 +284,7 @@ def train_epoch(session: Session, prepared: Prepared, local_batch: int, bar: Epo
         running += loss.detach()
         session.step += 1
         if session.ema is not None:
-            _update_ema(session.ema, session.model, cfg.ema_decay, session.step)
+            _update_ema(session.ema_pairs, cfg.ema_decay, session.step)
         bar.advance(loss)
     seconds = time.perf_counter() - t0
     return session.dist.all_reduce_mean(running / cfg.steps_per_epoch).item(), seconds
