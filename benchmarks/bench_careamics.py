@@ -84,6 +84,8 @@ class Budget:
     speed_mosaic: int = 2
     """The 2D speed test denoises the image tiled `speed_mosaic` x `speed_mosaic` times."""
     import_repeats: int = 3
+    seeds: int = 1
+    """Training seeds per (dataset, algorithm, tool): 42, 43, ... (the noisy data stay the same)."""
 
 
 BUDGETS = {
@@ -101,6 +103,14 @@ BUDGETS = {
         steps={2: 200, 3: 75},
         seconds={2: 60.0, 3: 45.0},
         epoch_steps=25,
+    ),
+    # Issue 13's error bars: 3 seeds at the longer budgets, step budget only (no equal-time run).
+    "seeds": Budget(
+        datasets=("stardist-p20", "nucleus3d-p20"),
+        steps={2: 600, 3: 300},
+        seconds={2: 0.0, 3: 0.0},
+        epoch_steps=25,
+        seeds=3,
     ),
 }
 
@@ -450,7 +460,7 @@ def _kit_spec(job: dict[str, Any]) -> dict[str, Any]:
         "batch_size": job["batch"],
         "val_patches": job["val_patches"],
         "early_stopping_patience": None,
-        "seed": SEED,
+        "seed": job.get("seed", SEED),
     }
     if job.get("align_hparams"):
         spec["training"]["learning_rate"] = CAREAMICS_DEFAULTS["learning_rate"]
@@ -564,7 +574,7 @@ def _careamics_config(job: dict[str, Any]) -> Any:
         "n_val_patches": job["val_patches"],
         "model_params": {"depth": DEPTH, "num_channels_init": WIDTH, "use_batch_norm": True},
         "trainer_params": {"accelerator": "cpu", "enable_model_summary": False},
-        "seed": SEED,
+        "seed": job.get("seed", SEED),
     }
     if job["algorithm"] == "care":
         return create_advanced_care_config(**common)
@@ -859,13 +869,23 @@ def summarise(ds: dict[str, Any], alg: str, runs: dict[str, dict], job: dict[str
         for r in runs.values():
             if "curve" in r and target is not None:
                 r["time_to_target_s"] = _first_time_at(r["curve"], target)
-    return {"dataset": ds["name"], "algorithm": alg, "steps": job["steps"], "seconds": job["seconds"], "runs": runs}
+    return {
+        "dataset": ds["name"],
+        "algorithm": alg,
+        "seed": job["seed"],
+        "steps": job["steps"],
+        "seconds": job["seconds"],
+        "runs": runs,
+    }
 
 
-def _job(ds: dict[str, Any], alg: str, budget: Budget, out: Path, speed: bool, align: bool) -> dict[str, Any]:
+def _job(
+    ds: dict[str, Any], alg: str, budget: Budget, out: Path, speed: bool, align: bool, seed: int = SEED
+) -> dict[str, Any]:
     dims = ds["dims"]
     return {
         "algorithm": alg,
+        "seed": seed,
         "dims": dims,
         "axes": ds["axes"],
         "files": ds["files"],
@@ -922,8 +942,10 @@ def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
     algorithms = args.algorithms or list(ALGORITHMS)
     if args.steps:
         budget = _override(budget, steps={2: args.steps, 3: args.steps})
-    if args.seconds:
+    if args.seconds is not None:
         budget = _override(budget, seconds={2: args.seconds, 3: args.seconds})
+    if args.seeds:
+        budget = _override(budget, seeds=args.seeds)
     report: dict[str, Any] = {"budget": args.budget, "config": asdict(budget) | {"datasets": datasets}}
     report["align_hparams"] = args.align_hparams
     report |= _machine() | {"torch_kit": torch.__version__}
@@ -951,11 +973,14 @@ def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
             report["datasets"][name] = ds | {"baselines": baselines(ds)}
             speed = ds["dims"] not in speed_done
             speed_done.add(ds["dims"])
-            for alg in algorithms:
+            for alg, k in ((a, k) for k in range(budget.seeds) for a in algorithms):
                 runs: dict[str, dict] = {}
+                seed = SEED + k
                 for tool in ("kit", "careamics") if use_careamics else ("kit",):
-                    job = _job(ds, alg, budget, work / "runs" / name / alg / tool, speed, args.align_hparams)
-                    print(f"[{time.perf_counter() - _START:6.0f} s] {name} {alg} {tool} ...", flush=True)
+                    out = work / "runs" / name / alg / f"seed{seed}" / tool
+                    # speed once per dimensionality: the first seed's runs
+                    job = _job(ds, alg, budget, out, speed and k == 0, args.align_hparams, seed)
+                    print(f"[{time.perf_counter() - _START:6.0f} s] {name} {alg} seed {seed} {tool} ...", flush=True)
                     runs[tool] = run_job(tool, job, work)
                 report["results"].append(summarise(ds, alg, runs, job))
                 _write(report)  # partial results survive an interrupted run
@@ -999,11 +1024,20 @@ def _delta(a: float | None, b: float | None) -> str:
     return "" if a is None or b is None else f"{a - b:+.2f} dB"
 
 
-def _rows(entry: dict[str, Any]) -> list[str]:
+def _label(entry: dict[str, Any], seeded: bool) -> str:
+    """The algorithm, with the seed where the report has several."""
+    return entry["algorithm"].upper() + (f" seed {entry.get('seed', SEED)}" if seeded else "")
+
+
+def _seeded(report: dict[str, Any]) -> bool:
+    return len({e.get("seed", SEED) for e in report["results"]}) > 1
+
+
+def _rows(entry: dict[str, Any], seeded: bool = False) -> list[str]:
     kit, cam = entry["runs"].get("kit", {}), entry["runs"].get("careamics", {})
     km, cm = kit.get("metrics", {}), cam.get("metrics", {})
     ks, cs = kit.get("predict_mpix_s", {}), cam.get("predict_mpix_s", {})
-    alg, steps, secs = entry["algorithm"].upper(), entry["steps"], entry["seconds"]
+    alg, steps, secs = _label(entry, seeded), entry["steps"], entry["seconds"]
     target = cam.get("target_psnr")
     lines = [
         ("PSNR (dB) after " + f"{steps} steps", km.get("psnr"), cm.get("psnr"), _delta, ".2f"),
@@ -1061,7 +1095,7 @@ def _mark(value: float | None, ok: bool | None, text: str) -> str:
     return "" if value is None or ok is None else f"{text} {'yes' if ok else '**no**'}"
 
 
-def _goal_row(entry: dict[str, Any]) -> str:
+def _goal_row(entry: dict[str, Any], seeded: bool = False) -> str:
     """One line of the issue's goals: accuracy, training speed, prediction speed, time to PSNR."""
     kit, cam = entry["runs"].get("kit", {}), entry["runs"].get("careamics", {})
     dp = _sub(kit.get("metrics", {}).get("psnr"), cam.get("metrics", {}).get("psnr"))
@@ -1083,7 +1117,7 @@ def _goal_row(entry: dict[str, Any]) -> str:
         " / ".join(_mark(r, r is not None and r >= 1.5, f"{_f(r)}x") or "-" for r in pr),
         tt_text,
     ]
-    return f"| {entry['dataset']} | {entry['algorithm'].upper()} | " + " | ".join(cells) + " |"
+    return f"| {entry['dataset']} | {_label(entry, seeded)} | " + " | ".join(cells) + " |"
 
 
 def _sub(a: float | None, b: float | None) -> float | None:
@@ -1114,8 +1148,106 @@ def _ordering(report: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _settings(report: dict[str, Any]) -> dict[tuple[str, str], list[dict[str, Any]]]:
+    """The results grouped by (dataset, algorithm): one entry per seed."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for e in report["results"]:
+        groups.setdefault((e["dataset"], e["algorithm"]), []).append(e)
+    return groups
+
+
+def _values(entries: list[dict[str, Any]], tool: str, key: str) -> list[float]:
+    """`key` of `tool`'s run over the seeds (`psnr` is the final prediction's), where it exists."""
+    out = []
+    for e in entries:
+        r = e["runs"].get(tool, {})
+        v = r.get("metrics", {}).get("psnr") if key == "psnr" else r.get(key)
+        if v is not None:
+            out.append(float(v))
+    return out
+
+
+def _mean_sd(values: list[float]) -> tuple[float | None, float | None]:
+    if not values:
+        return None, None
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
+
+
+def _pm(values: list[float]) -> str:
+    mean, sd = _mean_sd(values)
+    return "n/a" if mean is None else f"{mean:.2f} ± {_f(sd)} (n={len(values)})"
+
+
+def _time_ratios(entries: list[dict[str, Any]]) -> tuple[list[float], int]:
+    """Per seed: kit's time to CAREamics' PSNR at the step budget over CAREamics' own; and how often
+    the kit never reached it."""
+    ratios, missed = [], 0
+    for e in entries:
+        kit, cam = e["runs"].get("kit", {}), e["runs"].get("careamics", {})
+        if cam.get("time_to_target_s") is None:
+            continue
+        if kit.get("time_to_target_s") is None:
+            missed += 1
+        else:
+            ratios.append(kit["time_to_target_s"] / max(cam["time_to_target_s"], 1e-9))
+    return ratios, missed
+
+
+def seed_summary(report: dict[str, Any]) -> list[str]:
+    """Issue 13's goals over the seeds: mean and spread of the final PSNR per (dataset, algorithm)."""
+    rows = []
+    for (name, alg), entries in _settings(report).items():
+        kit, cam = _values(entries, "kit", "psnr"), _values(entries, "careamics", "psnr")
+        (km, ksd), (cm, csd) = _mean_sd(kit), _mean_sd(cam)
+        d = _sub(km, cm)
+        spread = _mark(ksd, None if ksd is None or csd is None else ksd <= csd, f"{_f(ksd)} vs {_f(csd)} dB")
+        last3 = [_mean_sd(_values(entries, t, "psnr_last3_mean"))[0] for t in ("kit", "careamics")]
+        close = _mark(d, d is not None and d >= -0.1, _f(d, "+.2f"))
+        ratios, missed = _time_ratios(entries)
+        met = sum(r <= 0.5 for r in ratios)
+        tt = f"median {_f(statistics.median(ratios))}x; <= 0.5x in {met} of {len(ratios) + missed}" if ratios else ""
+        if missed:
+            tt += f" ({missed} not reached)"
+        rows.append(
+            f"| {name} | {alg.upper()} | {_pm(kit)} | {_pm(cam)} | {close}"
+            f" | {spread} | {_f(last3[0])} / {_f(last3[1])} | {tt} |"
+        )
+    if not rows:
+        return []
+    return [
+        "## Over the seeds: final PSNR (each tool's own prediction and checkpoint choice)",
+        "",
+        "| dataset | algorithm | ai4life-kit dB, mean ± sd | CAREamics dB, mean ± sd | kit - CAREamics (>= -0.1 dB) "
+        "| seed spread, kit vs CAREamics (kit <=) | last 3 epochs, kit / CAREamics | time to CAREamics' PSNR "
+        "(<= 0.5x) |",
+        "|---|---|---|---|---|---|---|---|",
+        *rows,
+        "",
+        *_n2v2_vs_n2v(report),
+    ]
+
+
+def _n2v2_vs_n2v(report: dict[str, Any]) -> list[str]:
+    """N2V2 minus N2V per dataset, mean over the seeds, for both tools (is it the algorithm or the kit?)."""
+    groups, lines = _settings(report), []
+    for name in report["datasets"]:
+        parts = []
+        for tool, label in (("kit", "ai4life-kit"), ("careamics", "CAREamics")):
+            n2v = _mean_sd(_values(groups.get((name, "n2v"), []), tool, "psnr"))[0]
+            n2v2 = _mean_sd(_values(groups.get((name, "n2v2"), []), tool, "psnr"))[0]
+            d = _sub(n2v2, n2v)
+            if d is not None:
+                parts.append(f"{label} {d:+.2f} dB" + ("" if tool != "kit" else (" ok" if d >= -0.1 else " **below**")))
+        if parts:
+            lines.append(f"- {name}: N2V2 - N2V: " + "; ".join(parts))
+    if not lines:
+        return []
+    return ["N2V2 minus N2V (mean final PSNR over the seeds; goal for the kit: >= -0.1 dB):", "", *lines, ""]
+
+
 def _goals(report: dict[str, Any]) -> list[str]:
-    rows = [_goal_row(e) for e in report["results"] if "careamics" in e["runs"]]
+    seeded = _seeded(report)
+    rows = [_goal_row(e, seeded) for e in report["results"] if "careamics" in e["runs"]]
     out = []
     if rows:
         out += [
@@ -1184,7 +1316,8 @@ def markdown(report: dict[str, Any]) -> str:
         f"Load at start: `{report['uptime_start']}`; at end: `{report.get('uptime_end', 'n/a')}`.",
         "",
         f"Both: U-Net depth {DEPTH}, {WIDTH} filters, batch norm; {_sizes(c)}; "
-        f"{c['epoch_steps']} steps per epoch, validation patches = batch size, seed {SEED}; otherwise each "
+        f"{c['epoch_steps']} steps per epoch, validation patches = batch size, training seeds "
+        f"{SEED}-{SEED + c.get('seeds', 1) - 1} (the same noisy data for every seed); otherwise each "
         "tool's defaults (ai4life-kit: the shipped `model_specs` recipe; CAREamics: its advanced factories). "
         "Metrics on the held-out bottom quarter of each image (not trained on), ground-truth data range. "
         "The last column is ai4life-kit minus CAREamics for dB/SSIM, ai4life-kit / CAREamics otherwise "
@@ -1202,7 +1335,7 @@ def markdown(report: dict[str, Any]) -> str:
             f"install took {cam.get('install_s', 'n/a')} s). {cam.get('note', '')}.",
             "",
         ]
-    head += [*_env_table(report), "", *_goals(report)]
+    head += [*_env_table(report), "", *seed_summary(report), *_goals(report)]
     body = []
     for name, ds in report["datasets"].items():
         b = ds["baselines"]
@@ -1219,7 +1352,7 @@ def markdown(report: dict[str, Any]) -> str:
         ]
         for entry in report["results"]:
             if entry["dataset"] == name:
-                body += _rows(entry)
+                body += _rows(entry, _seeded(report))
         body.append("")
     return "\n".join(head + body) + "\n"
 
@@ -1240,7 +1373,8 @@ def _parse_args() -> argparse.Namespace:
     parser.add_argument("--datasets", nargs="+", choices=sorted(DATASETS), help="override the budget's datasets")
     parser.add_argument("--algorithms", nargs="+", choices=ALGORITHMS, help="default: all three")
     parser.add_argument("--steps", type=int, help="override the equal-step budget (multiple of the epoch steps)")
-    parser.add_argument("--seconds", type=float, help="override the equal wall-clock budget")
+    parser.add_argument("--seconds", type=float, help="override the equal wall-clock budget (0: steps only)")
+    parser.add_argument("--seeds", type=int, help="training seeds per run (default: the budget's; 42, 43, ...)")
     parser.add_argument(
         "--align-hparams",
         action="store_true",
