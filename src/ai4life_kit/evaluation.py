@@ -17,7 +17,10 @@ from ai4life_kit.data.tiff_io import read_image, resolve_inputs
 from ai4life_kit.errors import DataError
 from ai4life_kit.metrics import evaluate_image
 
-__all__ = ["METRIC_COLUMNS", "evaluate_folders", "json_safe", "preview"]
+__all__ = ["METRIC_COLUMNS", "UNCERTAINTY_DIR", "evaluate_folders", "evaluate_uncertainty", "json_safe", "preview"]
+
+# Where `predict --uncertainty` puts the scale maps, inside its output folder.
+UNCERTAINTY_DIR = "uncertainty"
 
 METRIC_COLUMNS = (("psnr", "PSNR", "{:.2f}"), ("si_psnr", "SI-PSNR", "{:.2f}"), ("ssim", "SSIM", "{:.4f}"))
 METRIC_COLUMNS += (("ms_ssim", "MS-SSIM", "{:.4f}"),)
@@ -116,6 +119,43 @@ def evaluate_folders(pred: Path, gt: Path, axes: str | None = None) -> dict[str,
         "mean_per_channel": per_channel,
         "unmatched_ground_truth": sorted(set(gt_files) - set(pred_files)),
     }
+
+
+def evaluate_uncertainty(result: dict[str, Any], axes: str | None = None) -> dict[str, Any]:
+    """Calibration of the scale maps next to the predictions scored in ``result`` (of :func:`evaluate_folders`).
+
+    Each prediction ``OUT/NAME.tif`` has its Laplace scales in ``OUT/uncertainty/NAME.tif``, as
+    ``predict --uncertainty`` writes them. Per image and pooled over all pixels of all images:
+    :func:`ai4life_kit.laplace.calibration`.
+
+    Raises
+    ------
+    DataError
+        A scale map is missing, has another shape, or holds a non-positive or non-finite scale.
+    """
+    from ai4life_kit.laplace import calibration
+
+    truths, means, scales, images = [], [], [], []
+    for img in result["images"]:
+        pred_path = Path(img["prediction"])
+        scale_path = pred_path.parent / UNCERTAINTY_DIR / pred_path.name
+        if not scale_path.is_file():
+            raise DataError(f"{img['name']}: no scale map {scale_path} (predict with --uncertainty)")
+        scale = read_image(scale_path, axes=axes).data
+        mean = read_image(pred_path, axes=axes).data
+        truth = read_image(Path(img["ground_truth"]), axes=axes).data
+        if scale.shape != mean.shape:
+            raise DataError(
+                f"{img['name']}: scale map {scale_path} has shape {scale.shape}, the prediction {mean.shape}"
+            )
+        if not (np.isfinite(scale).all() and (scale > 0).all()):
+            raise DataError(f"{img['name']}: scale map {scale_path} has non-positive or non-finite values")
+        images.append({"name": img["name"], "scale_map": str(scale_path), **calibration(truth, mean, scale)})
+        truths.append(truth.ravel())
+        means.append(mean.ravel())
+        scales.append(scale.ravel())
+    pooled = calibration(np.concatenate(truths), np.concatenate(means), np.concatenate(scales))
+    return {"images": images, "pooled": pooled}
 
 
 def json_safe(obj: Any) -> Any:

@@ -46,6 +46,28 @@ def _table(result: dict[str, Any]) -> Any:
     return table
 
 
+def _calibration_table(cal: dict[str, Any]) -> Any:
+    from rich.table import Table
+
+    table = Table(title="Uncertainty: central intervals of the Laplace scales (nominal 0.50 / 0.90)")
+    for title in ("image", "coverage 50 %", "coverage 90 %", "Spearman(b, |error|)", "mean |error| / mean b"):
+        table.add_column(title, justify="left" if title == "image" else "right")
+
+    def cells(c: dict[str, Any]) -> list[str]:
+        return [
+            f"{c['coverage50']:.3f}",
+            f"{c['coverage90']:.3f}",
+            f"{c['spearman']:.3f}",
+            f"{c['error_over_scale']:.2f}",
+        ]
+
+    for img in cal["images"]:
+        table.add_row(img["name"], *cells(img))
+    table.add_section()
+    table.add_row("all pixels", *cells(cal["pooled"]), style="bold")
+    return table
+
+
 def evaluate(
     pred_dir: Annotated[Path, typer.Argument(help="Folder of predicted TIFFs (a file or glob also works).")],
     gt: Annotated[Path, typer.Option("--gt", help="Folder of ground-truth TIFFs, matched to predictions by name.")],
@@ -56,13 +78,26 @@ def evaluate(
         str | None,
         typer.Option("--axes", help="Axes of every image, overriding file metadata (e.g. YX, ZYX, SYX, CYX)."),
     ] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --json file.")] = False,
+    uncertainty: Annotated[
+        bool,
+        typer.Option(
+            "--uncertainty",
+            help="Also check the scale maps `predict --uncertainty` wrote (PRED_DIR/uncertainty/NAME.tif): coverage "
+            "of the 50 % and 90 % intervals, rank correlation of the scale with the error, and a reliability "
+            "plot, PRED_DIR/uncertainty/reliability.png.",
+        ),
+    ] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an existing --json file (and reliability plot).")
+    ] = False,
 ) -> None:
     """Score predictions with PSNR, SI-PSNR, SSIM and MS-SSIM, as the AI4Life challenge does.
 
     PSNR and SSIM use the data range of each ground-truth image.
 
     S/T axes are scored image by image and averaged; channels (C) are scored separately.
+
+    With --uncertainty, the calibration of a probabilistic model's scale maps as well.
     """
     import json
 
@@ -71,10 +106,27 @@ def evaluate(
     from ai4life_kit.evaluation import evaluate_folders, json_safe, preview
     from ai4life_kit.fileio import atomic_write_text, check_writable
 
+    plot = None
+    if uncertainty:
+        from ai4life_kit.evaluation import UNCERTAINTY_DIR
+
+        plot = (pred_dir if pred_dir.is_dir() else pred_dir.parent) / UNCERTAINTY_DIR / "reliability.png"
+        check_writable(plot, overwrite)
     if json_file is not None:
         check_writable(json_file, overwrite)  # fail before the (possibly long) scoring
     result = evaluate_folders(pred_dir, gt, axes)
     Console().print(_table(result))
+    if plot is not None:
+        from ai4life_kit.evaluation import evaluate_uncertainty
+        from ai4life_kit.panels import write_reliability_plot
+
+        result["uncertainty"] = evaluate_uncertainty(result, axes)
+        Console().print(_calibration_table(result["uncertainty"]))
+        write_reliability_plot(
+            plot, {"all pixels": result["uncertainty"]["pooled"]["reliability"]}, f"{pred_dir}", overwrite
+        )
+        result["uncertainty"]["reliability_plot"] = str(plot)
+        Console().print(f"Reliability plot written to {plot}")
     if result["unmatched_ground_truth"]:
         Console(stderr=True).print(
             f"[yellow]Note:[/] {len(result['unmatched_ground_truth'])} ground-truth image(s) without a "

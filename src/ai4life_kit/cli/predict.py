@@ -28,10 +28,31 @@ def _output_name(src: Path, fmt: str) -> str:
     return f"{stem}.{fmt}"
 
 
+def _uncertainty_outputs(out: Path, src: Path) -> tuple[Path, Path]:
+    """Where ``--uncertainty`` writes an input's scale map (float32 TIFF) and its PNG panel.
+
+    In a folder inside ``out``: the means stay the only images at the top, so ``evaluate OUT
+    --gt ...`` pairs them as before (and ``evaluate --uncertainty`` finds the maps there).
+    """
+    from ai4life_kit.evaluation import UNCERTAINTY_DIR
+
+    stem = Path(_output_name(src, "tif")).stem
+    return out / UNCERTAINTY_DIR / f"{stem}.tif", out / UNCERTAINTY_DIR / f"{stem}.png"
+
+
 def _predict_in_memory(
-    predictor: Predictor, source: ImageSource, src: Path, dst: Path, overwrite: bool, **kwargs
+    predictor: Predictor,
+    source: ImageSource,
+    src: Path,
+    dst: Path,
+    overwrite: bool,
+    uncertainty: tuple[Path, Path] | None = None,
+    **kwargs,
 ) -> None:
-    """Today's path: read it all, predict, write; an allocation failure says what to do instead."""
+    """Read it all, predict, write; an allocation failure says what to do instead.
+
+    ``uncertainty``: also write the Laplace scales and the panel to these two paths.
+    """
     import numpy as np
 
     from ai4life_kit.data.tiff_io import read_image, write_image
@@ -45,7 +66,15 @@ def _predict_in_memory(
                 raise DataError(f"{src} contains NaN or Inf pixels")
         else:
             data = read_image(src, source.axes, predictor.spatial_ndim).data
-        result = predictor.predict(data, source.axes, **kwargs)
+        if uncertainty is None:
+            result = predictor.predict(data, source.axes, **kwargs)
+        else:
+            from ai4life_kit.panels import write_uncertainty_panel
+
+            result, scale = predictor.predict_with_scale(data, source.axes, **kwargs)
+            write_image(uncertainty[0], scale, source.axes, overwrite=overwrite)
+            write_uncertainty_panel(uncertainty[1], data, result, scale, source.axes, overwrite=overwrite)
+            del scale
         del data
         if dst.suffix == ".zarr":
             with create_output(dst, result.shape, source.axes, overwrite) as target:
@@ -128,10 +157,24 @@ def predict(
             "pip install 'ai4life-kit[zarr]'), or auto: zarr for Zarr inputs, tif otherwise.",
         ),
     ] = "auto",
+    uncertainty: Annotated[
+        bool,
+        typer.Option(
+            "--uncertainty",
+            help="Probabilistic models (algorithm.loss: laplace): also write each pixel's Laplace scale b, in "
+            "the input's intensity units, to OUT/uncertainty/NAME.tif, and a PNG panel (input, output, scale) "
+            "next to it. The central p interval is mean +- b ln(1/(1-p)): +-0.69 b holds 50 %, +-2.3 b 90 %. "
+            "Predicts in memory; TIFF outputs only.",
+        ),
+    ] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing output files.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Denoise images; outputs are float32 images with the input's shape, axes and intensity units.
+
+    With --uncertainty, a probabilistic model also writes its per-pixel uncertainty (see the option).
+    The maps say where the network is unsure; do not use them, or the outputs, for intensity-based
+    quantification such as counting fluorophores.
 
     Only load packages you trust: a foreign package's TorchScript or architecture code runs on your machine.
     """
@@ -157,7 +200,13 @@ def predict(
     paths = resolve_inputs(inputs, "input", allow_zarr=True)
     formats = [fmt if fmt != "auto" else ("zarr" if is_zarr_path(p) else "tif") for p in paths]
     targets = [out / _output_name(p, f) for p, f in zip(paths, formats, strict=True)]
-    for dst in targets:
+    if uncertainty and (out_of_core or "zarr" in formats):
+        raise typer.BadParameter(
+            "--uncertainty predicts in memory into TIFFs; leave out --out-of-core and Zarr outputs",
+            param_hint="--uncertainty",
+        )
+    scale_targets = [_uncertainty_outputs(out, p) if uncertainty else None for p in paths]
+    for dst in targets + [path for pair in scale_targets if pair for path in pair]:
         check_writable(dst, overwrite)
     if len(set(targets)) != len(targets):
         raise typer.BadParameter("two inputs have the same file name; outputs would collide", param_hint="INPUTS")
@@ -166,6 +215,8 @@ def predict(
     if engine not in ENGINES:
         raise typer.BadParameter(f"{engine!r} is not one of {', '.join(ENGINES)}", param_hint="--engine")
     predictor = Predictor.load(model, device)
+    if uncertainty:
+        predictor.require_probabilistic()
     predictor.border = border
     predictor.engine = engine
     console = Console(stderr=True)
@@ -182,7 +233,7 @@ def predict(
             disable=quiet,
         ) as bar,
     ):
-        for src, dst, out_fmt in zip(paths, targets, formats, strict=True):
+        for src, dst, out_fmt, scale_dst in zip(paths, targets, formats, scale_targets, strict=True):
             # The header only. A private chunk cache per input, freed with it: chunks of finished
             # inputs would otherwise sit in the shared default cache until evicted.
             source = open_source(src, axes, predictor.spatial_ndim, cache=ChunkCache())
@@ -191,7 +242,9 @@ def predict(
                 size = int(np.prod(source.shape, dtype=np.int64))
                 streamed = out_of_core
                 if streamed is None:
-                    streamed = out_fmt == "zarr" or is_zarr_path(src) or size * 4 > STREAM_ABOVE_BYTES
+                    streamed = scale_dst is None and (
+                        out_fmt == "zarr" or is_zarr_path(src) or size * 4 > STREAM_ABOVE_BYTES
+                    )
                 task = bar.add_task(src.name, total=predictor.n_tiles(source.shape, source.axes, tile_sizes))
                 options = {
                     "tile": tile_sizes,
@@ -203,7 +256,7 @@ def predict(
                 if streamed:
                     predictor.predict_to(source, dst, overwrite=overwrite, **options)
                 else:
-                    _predict_in_memory(predictor, source, src, dst, overwrite, **options)
+                    _predict_in_memory(predictor, source, src, dst, overwrite, scale_dst, **options)
             finally:
                 source.close()
             megapixels += size / 1e6

@@ -92,7 +92,11 @@ class SupervisedAlgorithm(_Strict):
     """CARE (noisy -> clean) or Noise2Noise (noisy -> independent noisy)."""
 
     name: Literal["care", "n2n"]
-    loss: Literal["mae", "mse"] = "mae"
+    loss: Literal["mae", "mse", "laplace"] = "mae"
+    """`laplace`: probabilistic (Weigert et al. 2018): the network also predicts a per-pixel Laplace
+    scale and trains on the negative log-likelihood ``|y - mu| / b + log(2 b)``. For CARE the scale
+    says how sure the network is of the clean value; for Noise2Noise it also holds the noise of the
+    targets."""
 
 
 Algorithm = Annotated[N2VAlgorithm | StructN2VAlgorithm | SupervisedAlgorithm, Field(discriminator="name")]
@@ -199,6 +203,11 @@ class TrainingSpec(_Strict):
     @property
     def is_self_supervised(self) -> bool:
         return self.algorithm.name in SELF_SUPERVISED
+
+    @property
+    def is_probabilistic(self) -> bool:
+        """The network predicts a Laplace scale next to each output channel (``loss: laplace``)."""
+        return getattr(self.algorithm, "loss", None) == "laplace"
 
     @property
     def uses_n2v2_network(self) -> bool:

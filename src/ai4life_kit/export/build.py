@@ -179,6 +179,14 @@ def _load_run_and_test_tensors(
     any export.
     """
     run = load_run(Path(run_dir))
+    if run.model_args.get("probabilistic"):
+        # One output tensor carrying means and scales as named channels, with per-channel
+        # post-processing, has to pass every consumer runtime first; until then no package
+        # rather than one whose second channel a consumer would show as an image.
+        raise UserInputError(
+            f"{run_dir} is a probabilistic model (algorithm.loss: laplace), which cannot be packaged yet; "
+            "predict with the run directory (ai4life-kit predict RUN ... --uncertainty)"
+        )
     model = run.build_model()
     name = (name or default_name(run)).strip()
     description = (description or default_description(run)).strip()

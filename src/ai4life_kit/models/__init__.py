@@ -39,6 +39,8 @@ def model_args(spec: TrainingSpec) -> dict:
         "batch_norm": spec.model.batch_norm,
         "n2v2": spec.uses_n2v2_network,
         "residual": spec.model.residual,
+        # only when set: the arguments of every other checkpoint and package stay as they were
+        **({"probabilistic": True} if spec.is_probabilistic else {}),
     }
 
 

@@ -17,7 +17,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["UNet", "Upsample2x", "receptive_field_radius"]
+__all__ = ["UNet", "Upsample2x", "receptive_field_radius", "SCALE_FLOOR"]
+
+# Smallest Laplace scale a probabilistic U-Net predicts (normalised units): keeps the NLL's
+# |y - mu| / scale finite where the network becomes very sure.
+SCALE_FLOOR = 1e-3
 
 
 def receptive_field_radius(depth: int) -> int:
@@ -117,6 +121,11 @@ class UNet(nn.Module):
         Max-blur pooling and no top skip connection (N2V2).
     residual
         Add the input to the output (requires ``in_channels == out_channels``).
+    probabilistic
+        Also predict, per pixel and channel, the scale of a Laplace distribution around the
+        output (probabilistic CARE, Weigert et al. 2018): the output has ``2 * out_channels``
+        channels, the means first, then the scales (softplus plus :data:`SCALE_FLOOR`, so always
+        positive). The residual, if any, is added to the means only.
     """
 
     def __init__(
@@ -129,6 +138,7 @@ class UNet(nn.Module):
         batch_norm: bool = True,
         n2v2: bool = False,
         residual: bool = False,
+        probabilistic: bool = False,
     ) -> None:
         super().__init__()
         if dims not in (2, 3):
@@ -139,6 +149,9 @@ class UNet(nn.Module):
         self.depth = depth
         self.n2v2 = n2v2
         self.residual = residual
+        self.probabilistic = probabilistic
+        self.out_channels = out_channels
+        self.scale_floor = SCALE_FLOOR  # an attribute, not the global: TorchScript reads no globals
         self.pool: nn.Module = MaxBlurPool(dims) if n2v2 else (nn.MaxPool2d(2) if dims == 2 else nn.MaxPool3d(2))
         self.upsample = Upsample2x(dims)
 
@@ -160,7 +173,7 @@ class UNet(nn.Module):
             cout = channels // 2 if level > 0 else channels
             decoders.append(ConvBlock(dims, channels + skip, cout, channels, batch_norm))
         self.decoders = nn.ModuleList(decoders)
-        self.head = _conv(dims, width, out_channels, 1)
+        self.head = _conv(dims, width, out_channels * (2 if probabilistic else 1), 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         skips: list[torch.Tensor] = []
@@ -177,6 +190,11 @@ class UNet(nn.Module):
                 h = torch.cat([h, skips[n - 1 - i]], dim=1)
             h = decoder(h)
         out = self.head(h)
+        if self.probabilistic:
+            mean, scale = out[:, : self.out_channels], out[:, self.out_channels :]
+            if self.residual:
+                mean = mean + x
+            return torch.cat([mean, F.softplus(scale) + self.scale_floor], dim=1)
         if self.residual:
             out = out + x
         return out

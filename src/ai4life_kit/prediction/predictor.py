@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -129,10 +130,36 @@ class Predictor:
         self.border = border
         self.engine = engine
         self._onnx: Callable[[torch.Tensor], torch.Tensor] | None = None
+        # A probabilistic network (UNet(probabilistic=True)) outputs the Laplace scales after the
+        # means; TorchScript keeps the attribute, so a scripted one is recognised too.
+        self.probabilistic = bool(getattr(self.model, "probabilistic", False))
 
     @property
     def n_channels(self) -> int:
         return len(self.mean)
+
+    @property
+    def n_outputs(self) -> int:
+        """Channels the network outputs: the target's, twice over for a probabilistic network."""
+        return len(self.target_mean) * (2 if self.probabilistic else 1)
+
+    def _finish(self, n_out: int) -> Callable[[np.ndarray], np.ndarray]:
+        """Network output (normalised) to raw units, keeping the first ``n_out`` channels.
+
+        Means become ``y * std + mean``; Laplace scales (channels after the means) only
+        ``y * std``, since a scale is a width, not a level.
+        """
+        c, nd = len(self.target_mean), self.spatial_ndim
+        mean = np.concatenate([self.target_mean, np.zeros(c)])[:n_out]
+        std = np.concatenate([self.target_std, self.target_std])[:n_out]
+
+        def finish(y: np.ndarray) -> np.ndarray:  # (C, *spatial) or (B, C, *spatial)
+            axis = y.ndim - nd - 1
+            if y.shape[axis] != n_out:
+                y = np.ascontiguousarray(np.take(y, np.arange(n_out), axis=axis))
+            return denormalise(y, mean, std, nd)
+
+        return finish
 
     def tta_transforms(self) -> list[TTATransform]:
         """The augmentations ``tta=True`` averages: 8 flips/rotations, only the 4 flips for structN2V.
@@ -243,8 +270,12 @@ class Predictor:
         batch_size: int = 4,
         precision: str = "auto",
         progress: Callable[[int], None] | None = None,
+        with_scale: bool = False,
     ) -> np.ndarray:
         """Denoise ``(S, C, *spatial)`` raw images; returns float32 raw-unit images of the same shape.
+
+        ``with_scale`` (probabilistic networks only): ``2 C`` channels, the means and then their
+        Laplace scales, in the input's intensity units.
 
         The streaming path (:meth:`predict_view`) over the array in memory: one prediction path
         for every input. Measured against the former in-memory loop (whole-sample ``np.pad`` then
@@ -253,7 +284,8 @@ class Predictor:
         if images.shape[1] != self.n_channels:
             raise DataError(f"the model expects {self.n_channels} channel(s), the image has {images.shape[1]}")
         axes = "SC" + "ZYX"[-self.spatial_ndim :]
-        out = np.empty((images.shape[0], len(self.target_mean), *images.shape[2:]), np.float32)
+        n_out = self._n_out(with_scale)
+        out = np.empty((images.shape[0], n_out, *images.shape[2:]), np.float32)
         self.predict_view(
             CanonicalView(ArraySource(images, axes), self.spatial_ndim),
             CanonicalView(ArraySource(out, axes), self.spatial_ndim),
@@ -264,6 +296,19 @@ class Predictor:
             progress,
         )
         return out
+
+    def require_probabilistic(self) -> None:
+        """Raise :class:`UserInputError` unless the network predicts Laplace scales."""
+        if not self.probabilistic:
+            raise UserInputError(
+                "this model predicts no uncertainty: train it with a probabilistic recipe "
+                "(algorithm.loss: laplace, e.g. model_specs/care-2d-probabilistic.yaml)"
+            )
+
+    def _n_out(self, with_scale: bool) -> int:
+        if with_scale:
+            self.require_probabilistic()
+        return self.n_outputs if with_scale else len(self.target_mean)
 
     def n_tiles(self, shape: tuple[int, ...], axes: str, tile: Sequence[int] | None = None) -> int:
         """How many tiles :meth:`predict` will run for an image (for progress bars)."""
@@ -296,11 +341,34 @@ class Predictor:
         precision: str = "auto",
         progress: Callable[[int], None] | None = None,
     ) -> np.ndarray:
-        """Denoise an image with any axes (e.g. ``YX``, ``SCYX``, ``TZYX``); same shape out, float32."""
+        """Denoise an image with any axes (e.g. ``YX``, ``SCYX``, ``TZYX``); same shape out, float32.
+
+        A probabilistic network gives its means here; :meth:`predict_with_scale` gives both.
+        """
         layout = self.check_input(array.shape, axes)
         canon = layout.to_canonical(np.asarray(array, dtype=np.float32))
         out = self.predict_canonical(canon, tile, tta, batch_size, precision, progress)
         return layout.from_canonical(out)
+
+    def predict_with_scale(self, array: np.ndarray, axes: str, **options: Any) -> tuple[np.ndarray, np.ndarray]:
+        """The means and the per-pixel Laplace scales of a probabilistic network, each shaped as the input.
+
+        ``options`` are :meth:`predict`'s (``tile``, ``tta``, ``batch_size``, ``precision``,
+        ``progress``). Scales are in the input's intensity units: the central ``p`` interval of a
+        pixel is ``mean +- scale * ln(1 / (1 - p))`` (:func:`ai4life_kit.laplace.interval_halfwidth`).
+
+        Raises
+        ------
+        UserInputError
+            The network predicts no scale.
+        """
+        self.require_probabilistic()
+        layout = self.check_input(array.shape, axes)
+        out = self.predict_canonical(
+            layout.to_canonical(np.asarray(array, dtype=np.float32)), **options, with_scale=True
+        )
+        c = len(self.target_mean)
+        return layout.from_canonical(out[:, :c]), layout.from_canonical(out[:, c:])
 
     # -- out of core ------------------------------------------------------------------------
     def predict_view(
@@ -321,6 +389,8 @@ class Predictor:
 
         if view.shape[1] != self.n_channels:
             raise DataError(f"the model expects {self.n_channels} channel(s), the image has {view.shape[1]}")
+        if out.shape[1] not in (len(self.target_mean), self.n_outputs):
+            raise ValueError(f"output view has {out.shape[1]} channels; the model gives {self.n_outputs}")
         nd = self.spatial_ndim
         grid = self.plan(view.shape[2:], tile)
         predict_view(
@@ -333,7 +403,7 @@ class Predictor:
             self.tta_transforms() if tta else False,
             progress,
             prepare=lambda x: normalise(x, self.mean, self.std, nd, self.eps),
-            finish=lambda y: denormalise(y, self.target_mean, self.target_std, nd),
+            finish=self._finish(out.shape[1]),
         )
 
     def predict_to(

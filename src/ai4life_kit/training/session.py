@@ -24,6 +24,7 @@ from ai4life_kit.data.loading import TrainingSet
 from ai4life_kit.data.masking import MaskSpec, mask_batch
 from ai4life_kit.data.patches import PatchPositions
 from ai4life_kit.fileio import atomic_paths
+from ai4life_kit.laplace import laplace_nll
 from ai4life_kit.models import build_model, model_args
 from ai4life_kit.rundir import METRICS_FILE, ModelCheckpoint, TrainingState
 from ai4life_kit.runtime import autocast, channels_last
@@ -63,6 +64,9 @@ def _loss(pred: torch.Tensor, x: torch.Tensor, y: torch.Tensor | None, mask: tor
     pred = pred.float()
     if mask is not None:  # blind-spot loss: only the masked pixels, against their true noisy values
         return ((pred - x) ** 2)[mask].mean()
+    if kind == "laplace":  # means first, then scales (UNet(probabilistic=True))
+        c = y.shape[1]
+        return laplace_nll(pred[:, :c], pred[:, c:], y)
     diff = pred - y
     return diff.abs().mean() if kind == "mae" else (diff**2).mean()
 
@@ -91,7 +95,7 @@ def _validate(model, batches, device, precision: str, loss_kind: str) -> tuple[f
             losses.append(_loss(pred, x, y, mask, loss_kind).item())
             weights.append(inp.shape[0])
             if y is not None:
-                preds.append(pred.float())
+                preds.append(pred[:, : y.shape[1]].float())  # the means of a probabilistic network
                 targets.append(y)
     model.train()
     val_loss = float(np.average(losses, weights=weights))
