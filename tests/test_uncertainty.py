@@ -199,7 +199,7 @@ def test_evaluate_uncertainty_reports_calibration_and_plots_it(laplace_pairs, pr
     assert again.exit_code == 2 and "already exists" in again.stderr  # the plot is not overwritten silently
     (den / "uncertainty" / src.name).unlink()
     missing = invoke("evaluate", den, "--gt", truth.parent, "--uncertainty", "--overwrite")
-    assert missing.exit_code == 2 and "no scale map" in missing.stderr and "Traceback" not in missing.stderr
+    assert missing.exit_code == 2 and "no uncertainty map" in missing.stderr and "Traceback" not in missing.stderr
 
 
 @pytest.mark.slow

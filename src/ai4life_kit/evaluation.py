@@ -17,10 +17,38 @@ from ai4life_kit.data.tiff_io import read_image, resolve_inputs
 from ai4life_kit.errors import DataError
 from ai4life_kit.metrics import evaluate_image
 
-__all__ = ["METRIC_COLUMNS", "UNCERTAINTY_DIR", "evaluate_folders", "evaluate_uncertainty", "json_safe", "preview"]
+__all__ = [
+    "METRIC_COLUMNS",
+    "UNCERTAINTY_DIR",
+    "UNCERTAINTY_MAPS",
+    "evaluate_folders",
+    "evaluate_uncertainty",
+    "json_safe",
+    "preview",
+    "uncertainty_map_path",
+]
 
 # Where `predict --uncertainty` puts the scale maps, inside its output folder.
 UNCERTAINTY_DIR = "uncertainty"
+
+UNCERTAINTY_MAPS = {
+    "scale": ("", "laplace", "Laplace scale b"),
+    "std": (".std", "normal", "members' std"),
+    "disagreement": (".disagreement", None, "disagreement D (bits)"),
+}
+"""The maps `predict` writes next to an output ``OUT/NAME.tif``, as ``OUT/uncertainty/NAME<suffix>.tif``:
+kind -> (file-name suffix, the distribution calibration reads it as, label). ``scale``: a
+probabilistic model's Laplace scale (or an ensemble's, :func:`ai4life_kit.laplace.ensemble_scale`);
+``std``: a deterministic ensemble's spread; ``disagreement``: a probabilistic ensemble's ``D``."""
+
+
+def uncertainty_map_path(prediction: Path, kind: str) -> Path:
+    """Where the ``kind`` map (:data:`UNCERTAINTY_MAPS`) of the output ``prediction`` lives."""
+    prediction = Path(prediction)
+    suffix = UNCERTAINTY_MAPS[kind][0]
+    name = f"{prediction.stem}{suffix}.tif" if suffix else prediction.name
+    return prediction.parent / UNCERTAINTY_DIR / name
+
 
 METRIC_COLUMNS = (("psnr", "PSNR", "{:.2f}"), ("si_psnr", "SI-PSNR", "{:.2f}"), ("ssim", "SSIM", "{:.4f}"))
 METRIC_COLUMNS += (("ms_ssim", "MS-SSIM", "{:.4f}"),)
@@ -121,41 +149,69 @@ def evaluate_folders(pred: Path, gt: Path, axes: str | None = None) -> dict[str,
     }
 
 
-def evaluate_uncertainty(result: dict[str, Any], axes: str | None = None) -> dict[str, Any]:
-    """Calibration of the scale maps next to the predictions scored in ``result`` (of :func:`evaluate_folders`).
+def _read_map(name: str, path: Path, shape: tuple[int, ...], axes: str | None, positive: bool) -> np.ndarray:
+    data = read_image(path, axes=axes).data
+    if data.shape != shape:
+        raise DataError(f"{name}: uncertainty map {path} has shape {data.shape}, the prediction {shape}")
+    if not (np.isfinite(data).all() and ((data > 0).all() if positive else (data >= 0).all())):
+        bad = "non-positive" if positive else "negative"
+        raise DataError(f"{name}: uncertainty map {path} has {bad} or non-finite values")
+    return data
 
-    Each prediction ``OUT/NAME.tif`` has its Laplace scales in ``OUT/uncertainty/NAME.tif``, as
-    ``predict --uncertainty`` writes them. Per image and pooled over all pixels of all images:
-    :func:`ai4life_kit.laplace.calibration`.
+
+def evaluate_uncertainty(result: dict[str, Any], axes: str | None = None) -> dict[str, Any]:
+    """Calibration of the uncertainty maps next to the predictions scored in ``result`` (of :func:`evaluate_folders`).
+
+    Each prediction ``OUT/NAME.tif`` has a Laplace scale map ``OUT/uncertainty/NAME.tif`` (a
+    probabilistic model, or an ensemble of them) or a standard-deviation map
+    ``OUT/uncertainty/NAME.std.tif`` (a deterministic ensemble), as ``predict`` writes them
+    (:data:`UNCERTAINTY_MAPS`). Per image and pooled over all pixels of all images:
+    :func:`ai4life_kit.laplace.calibration`; where a disagreement map ``NAME.disagreement.tif`` is
+    there too, its rank correlation with the error (``disagreement_spearman``).
 
     Raises
     ------
     DataError
-        A scale map is missing, has another shape, or holds a non-positive or non-finite scale.
+        A map is missing, has another shape or holds invalid values; images with maps of different kinds.
     """
+    from scipy.stats import spearmanr
+
     from ai4life_kit.laplace import calibration
 
-    truths, means, scales, images = [], [], [], []
+    pooled: dict[str, list[np.ndarray]] = {"truth": [], "mean": [], "scale": [], "disagreement": []}
+    images, families = [], set()
     for img in result["images"]:
         pred_path = Path(img["prediction"])
-        scale_path = pred_path.parent / UNCERTAINTY_DIR / pred_path.name
-        if not scale_path.is_file():
-            raise DataError(f"{img['name']}: no scale map {scale_path} (predict with --uncertainty)")
-        scale = read_image(scale_path, axes=axes).data
         mean = read_image(pred_path, axes=axes).data
-        truth = read_image(Path(img["ground_truth"]), axes=axes).data
-        if scale.shape != mean.shape:
+        kind = next((k for k in ("scale", "std") if uncertainty_map_path(pred_path, k).is_file()), None)
+        if kind is None:
             raise DataError(
-                f"{img['name']}: scale map {scale_path} has shape {scale.shape}, the prediction {mean.shape}"
+                f"{img['name']}: no uncertainty map {uncertainty_map_path(pred_path, 'scale')} (predict with "
+                "--uncertainty, or with an ensemble)"
             )
-        if not (np.isfinite(scale).all() and (scale > 0).all()):
-            raise DataError(f"{img['name']}: scale map {scale_path} has non-positive or non-finite values")
-        images.append({"name": img["name"], "scale_map": str(scale_path), **calibration(truth, mean, scale)})
-        truths.append(truth.ravel())
-        means.append(mean.ravel())
-        scales.append(scale.ravel())
-    pooled = calibration(np.concatenate(truths), np.concatenate(means), np.concatenate(scales))
-    return {"images": images, "pooled": pooled}
+        family = UNCERTAINTY_MAPS[kind][1]
+        families.add(family)
+        path = uncertainty_map_path(pred_path, kind)
+        scale = _read_map(img["name"], path, mean.shape, axes, positive=family == "laplace")
+        truth = read_image(Path(img["ground_truth"]), axes=axes).data
+        row = {"name": img["name"], "map": kind, "scale_map": str(path)}
+        row |= calibration(truth, mean, scale, family=family)
+        d_path = uncertainty_map_path(pred_path, "disagreement")
+        if d_path.is_file():
+            d = _read_map(img["name"], d_path, mean.shape, axes, positive=False)
+            row["disagreement_spearman"] = float(spearmanr(d.ravel(), np.abs(truth - mean).ravel()).statistic)
+            pooled["disagreement"].append(d.ravel())
+        images.append(row)
+        for key, arr in (("truth", truth), ("mean", mean), ("scale", scale)):
+            pooled[key].append(arr.ravel())
+    if len(families) > 1:
+        raise DataError("the predictions carry uncertainty maps of different kinds (Laplace scales and spreads)")
+    truth, mean, scale = (np.concatenate(pooled[k]) for k in ("truth", "mean", "scale"))
+    summary = calibration(truth, mean, scale, family=families.pop())
+    if len(pooled["disagreement"]) == len(images):
+        d = np.concatenate(pooled["disagreement"])
+        summary["disagreement_spearman"] = float(spearmanr(d, np.abs(truth - mean)).statistic)
+    return {"images": images, "pooled": summary}
 
 
 def json_safe(obj: Any) -> Any:

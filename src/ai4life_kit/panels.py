@@ -82,10 +82,10 @@ def write_uncertainty_panel(
 def write_reliability_plot(
     path: Path, curves: dict[str, list[dict[str, float]]], title: str = "reliability", overwrite: bool = False
 ) -> Path:
-    """Binned predicted scale against the observed mean absolute error, one line per entry of ``curves``.
+    """Binned predicted mean |error| against the observed one, one line per entry of ``curves``.
 
     ``curves`` maps a label to :func:`ai4life_kit.laplace.reliability` rows; the dashed diagonal
-    is a calibrated Laplace (``E|error| = b``). Points above it: the scales are too small.
+    is calibration (a Laplace's ``E|error| = b``). Points above it: the maps are too small.
     """
     import matplotlib
 
@@ -98,8 +98,8 @@ def write_reliability_plot(
         b, e = [r["mean_b"] for r in rows], [r["mean_abs_error"] for r in rows]
         ax.plot(b, e, marker="o", label=label)
         top = max(top, *b, *e)
-    ax.plot([0, top], [0, top], color="grey", linestyle="--", label="calibrated: mean |error| = b")
-    ax.set_xlabel("predicted Laplace scale b (bin mean)")
+    ax.plot([0, top], [0, top], color="grey", linestyle="--", label="calibrated")
+    ax.set_xlabel("predicted mean |error| (Laplace b; sigma sqrt(2/pi) for a spread)")
     ax.set_ylabel("observed mean |error|")
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8)

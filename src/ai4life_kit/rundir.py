@@ -14,6 +14,12 @@ and torch) so that none of them has to import another to understand a run::
       loss.png                loss curves
       training_summary.json   TrainingSummary: data, validation, timing
 
+An ensemble (``train --ensemble K``) is a folder of K such run directories, one per seed::
+
+    ENSEMBLE/
+      ai4life-kit-ensemble.json   ENSEMBLE_MARKER: who made it, its members and their seeds (written first)
+      member-1/ ... member-K/     run directories as above
+
 Every schema carries ``format_version`` (:data:`FORMAT_VERSION`); files without one were written
 by releases before it and load the same way. Checkpoints are read with ``weights_only=True``.
 """
@@ -30,6 +36,7 @@ from ai4life_kit.fileio import atomic_write_text
 
 __all__ = [
     "BEST_CHECKPOINT",
+    "ENSEMBLE_MARKER",
     "CHECKPOINT_DIR",
     "FORMAT_VERSION",
     "LAST_CHECKPOINT",
@@ -44,7 +51,10 @@ __all__ = [
     "TrainingState",
     "TrainingSummary",
     "checkpoint_path",
+    "is_ensemble_dir",
     "is_kit_checkpoint",
+    "member_dir",
+    "read_ensemble",
     "is_run_dir",
     "load_checkpoint",
     "read_marker",
@@ -57,6 +67,8 @@ FORMAT_VERSION = 1
 
 RUN_MARKER = "ai4life-kit-run.json"
 """Written first into every new run directory: what makes a folder one that --overwrite may replace."""
+ENSEMBLE_MARKER = "ai4life-kit-ensemble.json"
+"""Written first into an ensemble's folder: its member run directories and their seeds."""
 RUN_LOCK = ".ai4life-kit.lock"
 """Held (``flock``) by the one process that trains into a run directory; deleted when it is done."""
 SPEC_FILE = "spec.yaml"
@@ -256,3 +268,30 @@ def read_summary(run_dir: Path) -> dict[str, Any]:
     from ai4life_kit.data.normalization import read_json_object
 
     return read_json_object(Path(run_dir) / SUMMARY_FILE, required=False)
+
+
+# -- ensembles --------------------------------------------------------------------------------
+
+
+def member_dir(ensemble_dir: Path, index: int) -> Path:
+    """``ENSEMBLE/member-<index>`` (1-based)."""
+    return Path(ensemble_dir) / f"member-{index}"
+
+
+def read_ensemble(path: Path) -> dict | None:
+    """An ensemble folder's marker (``members``: folder names, ``seeds``), or ``None`` if ``path`` is none."""
+    try:
+        marker = json.loads((Path(path) / ENSEMBLE_MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(marker, dict) or marker.get("created_by") != "ai4life-kit":
+        return None
+    members = marker.get("members")
+    if not isinstance(members, list) or not all(isinstance(m, str) and "/" not in m for m in members):
+        return None
+    return marker
+
+
+def is_ensemble_dir(path: Path) -> bool:
+    """Whether ``path`` is an ensemble folder this tool created (``train --ensemble``)."""
+    return Path(path).is_dir() and read_ensemble(path) is not None

@@ -49,17 +49,18 @@ def _table(result: dict[str, Any]) -> Any:
 def _calibration_table(cal: dict[str, Any]) -> Any:
     from rich.table import Table
 
-    table = Table(title="Uncertainty: central intervals of the Laplace scales (nominal 0.50 / 0.90)")
-    for title in ("image", "coverage 50 %", "coverage 90 %", "Spearman(b, |error|)", "mean |error| / mean b"):
+    laplace = cal["pooled"]["family"] == "laplace"
+    what, sym = ("Laplace scales", "b") if laplace else ("ensemble spreads read as normal sigmas", "sigma")
+    with_d = "disagreement_spearman" in cal["pooled"]
+    table = Table(title=f"Uncertainty: central intervals of the {what} (nominal 0.50 / 0.90)")
+    titles = ["image", "coverage 50 %", "coverage 90 %", f"Spearman({sym}, |error|)", "mean |error| / predicted"]
+    for title in titles + (["Spearman(D, |error|)"] if with_d else []):
         table.add_column(title, justify="left" if title == "image" else "right")
 
     def cells(c: dict[str, Any]) -> list[str]:
-        return [
-            f"{c['coverage50']:.3f}",
-            f"{c['coverage90']:.3f}",
-            f"{c['spearman']:.3f}",
-            f"{c['error_over_scale']:.2f}",
-        ]
+        row = [f"{c['coverage50']:.3f}", f"{c['coverage90']:.3f}", f"{c['spearman']:.3f}"]
+        row.append(f"{c['error_over_scale']:.2f}")
+        return row + ([f"{c['disagreement_spearman']:.3f}"] if with_d else [])
 
     for img in cal["images"]:
         table.add_row(img["name"], *cells(img))
@@ -82,9 +83,10 @@ def evaluate(
         bool,
         typer.Option(
             "--uncertainty",
-            help="Also check the scale maps `predict --uncertainty` wrote (PRED_DIR/uncertainty/NAME.tif): coverage "
-            "of the 50 % and 90 % intervals, rank correlation of the scale with the error, and a reliability "
-            "plot, PRED_DIR/uncertainty/reliability.png.",
+            help="Also check the uncertainty maps `predict` wrote (PRED_DIR/uncertainty/NAME.tif, Laplace scales, "
+            "or NAME.std.tif, an ensemble's spread): coverage of the 50 % and 90 % intervals, rank correlation "
+            "of the map (and of an ensemble's disagreement D) with the error, and a reliability plot, "
+            "PRED_DIR/uncertainty/reliability.png.",
         ),
     ] = False,
     overwrite: Annotated[
@@ -97,7 +99,7 @@ def evaluate(
 
     S/T axes are scored image by image and averaged; channels (C) are scored separately.
 
-    With --uncertainty, the calibration of a probabilistic model's scale maps as well.
+    With --uncertainty, the calibration of a probabilistic model's or an ensemble's maps as well.
     """
     import json
 

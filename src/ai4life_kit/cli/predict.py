@@ -13,7 +13,7 @@ from ai4life_kit.cli._options import parse_sizes
 
 if TYPE_CHECKING:
     from ai4life_kit.data.sources import ImageSource
-    from ai4life_kit.prediction import Predictor
+    from ai4life_kit.prediction import EnsemblePredictor, Predictor
 
 __all__ = ["predict"]
 
@@ -28,30 +28,40 @@ def _output_name(src: Path, fmt: str) -> str:
     return f"{stem}.{fmt}"
 
 
-def _uncertainty_outputs(out: Path, src: Path) -> tuple[Path, Path]:
-    """Where ``--uncertainty`` writes an input's scale map (float32 TIFF) and its PNG panel.
+def _map_kinds(predictor: Predictor | EnsemblePredictor) -> list[str]:
+    """The uncertainty maps a model gives (:data:`ai4life_kit.evaluation.UNCERTAINTY_MAPS`), first the panel's."""
+    from ai4life_kit.prediction import EnsemblePredictor
+
+    if isinstance(predictor, EnsemblePredictor):
+        return ["scale", "disagreement"] if predictor.probabilistic else ["std"]
+    predictor.require_probabilistic()
+    return ["scale"]
+
+
+def _uncertainty_outputs(out: Path, src: Path, kinds: list[str]) -> tuple[dict[str, Path], Path]:
+    """Where an input's uncertainty maps (float32 TIFFs) and its PNG panel go.
 
     In a folder inside ``out``: the means stay the only images at the top, so ``evaluate OUT
     --gt ...`` pairs them as before (and ``evaluate --uncertainty`` finds the maps there).
     """
-    from ai4life_kit.evaluation import UNCERTAINTY_DIR
+    from ai4life_kit.evaluation import UNCERTAINTY_DIR, uncertainty_map_path
 
-    stem = Path(_output_name(src, "tif")).stem
-    return out / UNCERTAINTY_DIR / f"{stem}.tif", out / UNCERTAINTY_DIR / f"{stem}.png"
+    dst = out / _output_name(src, "tif")
+    return {k: uncertainty_map_path(dst, k) for k in kinds}, out / UNCERTAINTY_DIR / f"{dst.stem}.png"
 
 
 def _predict_in_memory(
-    predictor: Predictor,
+    predictor: Predictor | EnsemblePredictor,
     source: ImageSource,
     src: Path,
     dst: Path,
     overwrite: bool,
-    uncertainty: tuple[Path, Path] | None = None,
+    uncertainty: tuple[dict[str, Path], Path] | None = None,
     **kwargs,
 ) -> None:
     """Read it all, predict, write; an allocation failure says what to do instead.
 
-    ``uncertainty``: also write the Laplace scales and the panel to these two paths.
+    ``uncertainty``: also write the uncertainty maps (kind -> path) and the panel (path).
     """
     import numpy as np
 
@@ -69,12 +79,19 @@ def _predict_in_memory(
         if uncertainty is None:
             result = predictor.predict(data, source.axes, **kwargs)
         else:
+            from ai4life_kit.evaluation import UNCERTAINTY_MAPS
             from ai4life_kit.panels import write_uncertainty_panel
 
-            result, scale = predictor.predict_with_scale(data, source.axes, **kwargs)
-            write_image(uncertainty[0], scale, source.axes, overwrite=overwrite)
-            write_uncertainty_panel(uncertainty[1], data, result, scale, source.axes, overwrite=overwrite)
-            del scale
+            paths, panel = uncertainty
+            result, maps = predictor.predict_with_uncertainty(data, source.axes, **kwargs)
+            for kind, path in paths.items():
+                write_image(path, maps[kind], source.axes, overwrite=overwrite)
+            first = next(iter(paths))
+            label = UNCERTAINTY_MAPS[first][2]
+            write_uncertainty_panel(
+                panel, data, result, maps[first], source.axes, uncertainty_label=label, overwrite=overwrite
+            )
+            del maps
         del data
         if dst.suffix == ".zarr":
             with create_output(dst, result.shape, source.axes, overwrite) as target:
@@ -106,7 +123,9 @@ def _remove_if_left_empty(folder: Path) -> Iterator[None]:
 
 # Longer than the kit's 80-line rule only by its signature: Typer reads one parameter per option.
 def predict(
-    model: Annotated[Path, typer.Argument(help="Run directory or .bioimageio.zip package.")],
+    model: Annotated[
+        Path, typer.Argument(help="Run directory, ensemble (train --ensemble) or .bioimageio.zip package.")
+    ],
     inputs: Annotated[list[str], typer.Argument(help="TIFF files, Zarr folders (.zarr), folders or globs to denoise.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (files keep their names).")],
     axes: Annotated[str | None, typer.Option(help="Axes of the inputs, e.g. SCYX (default: metadata).")] = None,
@@ -158,21 +177,25 @@ def predict(
         ),
     ] = "auto",
     uncertainty: Annotated[
-        bool,
+        bool | None,
         typer.Option(
-            "--uncertainty",
-            help="Probabilistic models (algorithm.loss: laplace): also write each pixel's Laplace scale b, in "
-            "the input's intensity units, to OUT/uncertainty/NAME.tif, and a PNG panel (input, output, scale) "
-            "next to it. The central p interval is mean +- b ln(1/(1-p)): +-0.69 b holds 50 %, +-2.3 b 90 %. "
-            "Predicts in memory; TIFF outputs only.",
+            "--uncertainty/--no-uncertainty",
+            help="Also write per-pixel uncertainty to OUT/uncertainty/ with a PNG panel per input (input, output, "
+            "map). Probabilistic models (algorithm.loss: laplace): the Laplace scale b, in the input's intensity "
+            "units, as NAME.tif; the central p interval is mean +- b ln(1/(1-p)): +-0.69 b holds 50 %, +-2.3 b "
+            "90 %. Ensembles (train --ensemble; on by default): the members' std as NAME.std.tif, or for "
+            "probabilistic members the ensemble's scale b as NAME.tif and their disagreement D in bits as "
+            "NAME.disagreement.tif. Predicts in memory; TIFF outputs only.",
+            show_default=False,
         ),
-    ] = False,
+    ] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing output files.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Denoise images; outputs are float32 images with the input's shape, axes and intensity units.
 
-    With --uncertainty, a probabilistic model also writes its per-pixel uncertainty (see the option).
+    With --uncertainty, a probabilistic model also writes its per-pixel uncertainty (see the option);
+    an ensemble writes its members' mean and, by default, their spread.
     The maps say where the network is unsure; do not use them, or the outputs, for intensity-based
     quantification such as counting fluorophores.
 
@@ -188,7 +211,7 @@ def predict(
     from ai4life_kit.data.sources import ChunkCache, open_source
     from ai4life_kit.data.tiff_io import resolve_inputs
     from ai4life_kit.fileio import check_writable
-    from ai4life_kit.prediction import Predictor
+    from ai4life_kit.prediction import EnsemblePredictor, load_model
     from ai4life_kit.prediction.onnx_engine import ENGINES
     from ai4life_kit.prediction.predictor import STREAM_ABOVE_BYTES
     from ai4life_kit.prediction.tiling import BORDERS
@@ -200,23 +223,28 @@ def predict(
     paths = resolve_inputs(inputs, "input", allow_zarr=True)
     formats = [fmt if fmt != "auto" else ("zarr" if is_zarr_path(p) else "tif") for p in paths]
     targets = [out / _output_name(p, f) for p, f in zip(paths, formats, strict=True)]
-    if uncertainty and (out_of_core or "zarr" in formats):
-        raise typer.BadParameter(
-            "--uncertainty predicts in memory into TIFFs; leave out --out-of-core and Zarr outputs",
-            param_hint="--uncertainty",
-        )
-    scale_targets = [_uncertainty_outputs(out, p) if uncertainty else None for p in paths]
-    for dst in targets + [path for pair in scale_targets if pair for path in pair]:
-        check_writable(dst, overwrite)
     if len(set(targets)) != len(targets):
         raise typer.BadParameter("two inputs have the same file name; outputs would collide", param_hint="INPUTS")
     if border not in BORDERS:
         raise typer.BadParameter(f"{border!r} is not one of {', '.join(BORDERS)}", param_hint="--border")
     if engine not in ENGINES:
         raise typer.BadParameter(f"{engine!r} is not one of {', '.join(ENGINES)}", param_hint="--engine")
-    predictor = Predictor.load(model, device)
-    if uncertainty:
-        predictor.require_probabilistic()
+    if uncertainty and (out_of_core or "zarr" in formats):
+        raise typer.BadParameter(
+            "--uncertainty predicts in memory into TIFFs; leave out --out-of-core and Zarr outputs",
+            param_hint="--uncertainty",
+        )
+    for dst in targets:
+        check_writable(dst, overwrite)
+    predictor = load_model(model, device)
+    ensemble = isinstance(predictor, EnsemblePredictor)
+    if uncertainty is None:
+        uncertainty = ensemble and not out_of_core and "zarr" not in formats
+    kinds = _map_kinds(predictor) if uncertainty else []
+    scale_targets = [_uncertainty_outputs(out, p, kinds) if uncertainty else None for p in paths]
+    for pair in scale_targets:
+        for path in [*pair[0].values(), pair[1]] if pair else []:
+            check_writable(path, overwrite)
     predictor.border = border
     predictor.engine = engine
     console = Console(stderr=True)
@@ -242,8 +270,10 @@ def predict(
                 size = int(np.prod(source.shape, dtype=np.int64))
                 streamed = out_of_core
                 if streamed is None:
-                    streamed = scale_dst is None and (
-                        out_fmt == "zarr" or is_zarr_path(src) or size * 4 > STREAM_ABOVE_BYTES
+                    streamed = (
+                        scale_dst is None
+                        and not ensemble
+                        and (out_fmt == "zarr" or is_zarr_path(src) or size * 4 > STREAM_ABOVE_BYTES)
                     )
                 task = bar.add_task(src.name, total=predictor.n_tiles(source.shape, source.axes, tile_sizes))
                 options = {

@@ -50,6 +50,15 @@ def train(
     ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
     seed: Annotated[int | None, typer.Option(help="Override training.seed.")] = None,
+    ensemble: Annotated[
+        int | None,
+        typer.Option(
+            min=2,
+            metavar="K",
+            help="Train K members with seeds seed..seed+K-1 into OUT/member-1..K, one after another; "
+            "predict then gives their mean and writes their spread to OUT/uncertainty/.",
+        ),
+    ] = None,
     resume: Annotated[
         bool,
         typer.Option(
@@ -110,19 +119,20 @@ def train(
 
     from ai4life_kit.training import train as run_training
     from ai4life_kit.training.distributed import launch_rank
+    from ai4life_kit.training.ensemble import train_ensemble
 
     console = Console(stderr=True)
     t0 = time.perf_counter()
-    run_training(
-        resolved,
-        data,
-        target,
-        out,
-        device=device,
-        resume=resume,
-        overwrite=overwrite,
-        progress=not quiet,
-        log=lambda message: console.print(message, markup=False, highlight=False, soft_wrap=True),
-    )
+    options = {
+        "device": device,
+        "resume": resume,
+        "overwrite": overwrite,
+        "progress": not quiet,
+        "log": lambda message: console.print(message, markup=False, highlight=False, soft_wrap=True),
+    }
+    if ensemble is None:
+        run_training(resolved, data, target, out, **options)
+    else:
+        train_ensemble(resolved, data, target, out, ensemble, **options)
     if launch_rank() == 0:  # under torchrun every process gets here; one line is enough
         console.print(f"Run directory: [bold]{out}[/] ({time.perf_counter() - t0:.1f} s)")

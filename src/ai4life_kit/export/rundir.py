@@ -22,6 +22,7 @@ from ai4life_kit.rundir import (
     SPEC_FILE,
     ModelCheckpoint,
     checkpoint_path,
+    is_ensemble_dir,
     read_summary,
 )
 
@@ -97,6 +98,12 @@ def load_run(run_dir: Path) -> RunInfo:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise ModelLoadError(f"run directory {run_dir} does not exist")
+    if is_ensemble_dir(run_dir):
+        # One input, one output tensor per package (ilastik, deepImageJ): K networks do not fit in it.
+        raise ModelLoadError(
+            f"{run_dir} is an ensemble; a bioimage.io package holds one network: package a member, "
+            f"e.g. {run_dir / 'member-1'}"
+        )
     try:
         spec = load_spec(run_dir / SPEC_FILE)
     except ConfigError as exc:

@@ -1,5 +1,6 @@
-"""Prediction: tiled inference with a halo, from a run directory or a bioimage.io package."""
+"""Prediction: tiled inference with a halo, from a run directory, an ensemble or a bioimage.io package."""
 
+from ai4life_kit.prediction.ensemble import EnsemblePredictor, load_model
 from ai4life_kit.prediction.predictor import Predictor
 
-__all__ = ["Predictor"]
+__all__ = ["EnsemblePredictor", "Predictor", "load_model"]

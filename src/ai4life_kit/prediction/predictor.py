@@ -22,7 +22,7 @@ from ai4life_kit.models.unet import UNet
 from ai4life_kit.prediction.onnx_engine import ENGINES, onnx_forward
 from ai4life_kit.prediction.package_loader import read_package
 from ai4life_kit.prediction.tiling import TileGrid, TTATransform, plan_grid, tta_transforms
-from ai4life_kit.rundir import ModelCheckpoint, checkpoint_path, load_checkpoint
+from ai4life_kit.rundir import ENSEMBLE_MARKER, ModelCheckpoint, checkpoint_path, load_checkpoint
 from ai4life_kit.runtime import autocast, channels_last, resolve_device
 
 __all__ = ["Predictor", "load_checkpoint", "DEFAULT_TILE", "STREAM_ABOVE_BYTES"]
@@ -187,6 +187,11 @@ class Predictor:
         if not run_dir.is_dir():
             raise ModelLoadError(f"run directory {run_dir} does not exist")
         norm_path = run_dir / "normalization.json"
+        if not norm_path.exists() and (run_dir / ENSEMBLE_MARKER).is_file():
+            raise ModelLoadError(
+                f"{run_dir} is an ensemble: load it with ai4life_kit.prediction.load_model, or one member, "
+                f"e.g. {run_dir / 'member-1'}"
+            )
         if not norm_path.exists():
             raise ModelLoadError(f"{run_dir} is not an ai4life-kit run directory (no normalization.json)")
         read_normalization(norm_path)  # before the checkpoint: a garbage file is reported cheaply
@@ -369,6 +374,13 @@ class Predictor:
         )
         c = len(self.target_mean)
         return layout.from_canonical(out[:, :c]), layout.from_canonical(out[:, c:])
+
+    def predict_with_uncertainty(
+        self, array: np.ndarray, axes: str, **options: Any
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """:meth:`predict_with_scale` as the output and its maps, ``{"scale": b}`` (as an ensemble gives them)."""
+        mean, scale = self.predict_with_scale(array, axes, **options)
+        return mean, {"scale": scale}
 
     # -- out of core ------------------------------------------------------------------------
     def predict_view(
