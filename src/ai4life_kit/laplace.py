@@ -8,6 +8,7 @@ often the truth falls inside them (coverage).
 
 from __future__ import annotations
 
+import itertools
 import math
 import statistics
 
@@ -163,7 +164,7 @@ def _mixture_entropy(means: np.ndarray, scales: np.ndarray) -> np.ndarray:
     halves += [(m[0], b[0], -1.0, np.inf), (m[-1], b[-1], 1.0, np.inf)]  # the tails
     for start, tau, sign, half in halves:
         edges = np.minimum(half, tau * _PIECE_EDGES[:, None])  # (pieces + 1, N), empty pieces weigh 0
-        for lo, hi in zip(edges[:-2], edges[1:-1], strict=True):
+        for lo, hi in itertools.pairwise(edges[:-1]):
             ys.append(start + sign * (lo + x * (hi - lo)))
             ws.append(wx * (hi - lo))
         if np.isinf(half).all():  # a tail: beyond the last edge, Gauss-Laguerre
