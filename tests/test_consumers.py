@@ -3,7 +3,8 @@
 The fast tests check the pieces (the U-Net scripts to operators torch 2.0 knows, the rules, the
 sample-tensor reader, the runtime cache). The ``consumers`` tests install each consumer's runtime
 from PyPI on first use (several GB each, cached in ``~/.cache/ai4life-kit/runtimes``) and run real
-packages there: a 2D N2V2 trained from a folder, a 3D residual CARE and a 3-channel N2V.
+packages there: a 2D N2V2 trained from a folder, a 3D residual CARE, a 3-channel N2V and a 2D
+probabilistic CARE (one output tensor with channels ``mean`` and ``scale``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from torch.nn import functional as F
 
 from ai4life_kit.errors import Ai4LifeKitError
@@ -231,6 +233,13 @@ def _train(root: Path, case: str) -> Path:
         save_spec(small_spec("care", 3, model__depth=1, model__width=8), root / "care-3d-small.yaml")
         args = [root / "care-3d-small.yaml", "--data", sim["noisy"][0].parent, "--target", sim["gt"][0].parent]
         args += ["--epochs", "1", "--steps-per-epoch", "4", "--batch-size", "2"]
+    elif case == "pcare-2d":
+        from ai4life_kit.config.io import save_spec
+
+        sim = simulate_dataset(root / "sim", shape=(160, 160), n=2, seed=34)
+        save_spec(small_spec("care", 2, algorithm__loss="laplace"), root / "pcare-2d-small.yaml")
+        args = [root / "pcare-2d-small.yaml", "--data", sim["noisy"][0].parent, "--target", sim["gt"][0].parent]
+        args += ["--epochs", "1", "--steps-per-epoch", "6", "--batch-size", "4"]
     else:  # three channels
         import tifffile
 
@@ -270,8 +279,15 @@ def _assert_all_passed(report: c.ConsumerReport) -> None:
 
 
 @pytest.mark.consumers
-@pytest.mark.parametrize("case", ["n2v2-2d-folder", "care-3d", "n2v-3ch"])
+@pytest.mark.parametrize("case", ["n2v2-2d-folder", "care-3d", "n2v-3ch", "pcare-2d"])
 def test_package_passes_in_every_consumer_runtime(installed_runtimes, packages, case):
+    if case == "pcare-2d":  # the two named output channels of a probabilistic package
+        with zipfile.ZipFile(packages(case)) as zf:
+            rdf = yaml.safe_load(zf.read("rdf.yaml"))
+        assert next(a for a in rdf["outputs"][0]["axes"] if a["type"] == "channel")["channel_names"] == [
+            "mean",
+            "scale",
+        ]
     report = c.run_consumers(packages(case))
     _assert_all_passed(report)
     assert report.versions["bioengine"]["torch"] == "2.5.1"

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
+import zipfile
 
 import numpy as np
 import pytest
@@ -173,11 +175,42 @@ def test_uncertainty_needs_a_probabilistic_model(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_probabilistic_run_is_not_packaged_yet(probabilistic_run, tmp_path):
-    result = invoke("package", probabilistic_run, "--out", tmp_path / "p.zip", "--author", "A. Tester")
-    assert result.exit_code == 2, result.stdout + result.stderr
-    assert "cannot be packaged yet" in result.stderr and "Traceback" not in result.stderr
-    assert not (tmp_path / "p.zip").exists()
+def test_a_probabilistic_package_carries_means_and_scales_as_named_channels(laplace_pairs, probabilistic_run, tmp_path):
+    """One output tensor, channels ``mean`` and ``scale``; the zip predicts both as the run directory does."""
+    import yaml
+
+    out = tmp_path / "p.bioimageio.zip"
+    result = invoke("package", probabilistic_run, "--out", out, "--author", "A. Tester")
+    assert result.exit_code == 0, result.stdout + result.stderr
+    with zipfile.ZipFile(out) as zf:
+        rdf = yaml.safe_load(zf.read("rdf.yaml"))
+        readme = zf.read("README.md").decode()
+        test_output = np.load(io.BytesIO(zf.read(rdf["outputs"][0]["test_tensor"]["source"])))
+    assert len(rdf["inputs"]) == len(rdf["outputs"]) == 1
+    channel = next(a for a in rdf["outputs"][0]["axes"] if a["type"] == "channel")
+    assert channel["channel_names"] == ["mean", "scale"] and test_output.shape[1] == 2
+    post = rdf["outputs"][0]["postprocessing"][0]["kwargs"]
+    norm = json.loads((probabilistic_run / "normalization.json").read_text())
+    assert post["gain"] == pytest.approx(norm["target_std"] * 2)
+    assert post["offset"] == pytest.approx([norm["target_mean"][0], 0.0])  # a scale is a width: no offset
+    assert (test_output[:, 1] > 0).all()
+    assert "Output channels: mean and uncertainty" in readme and "quantification" in readme
+    image = read_image(laplace_pairs["a"][2]).data
+    ref_mean, ref_scale = Predictor.from_run_dir(probabilistic_run, "cpu").predict_with_scale(image, "YX")
+    for weights in ("pytorch_state_dict", "torchscript"):
+        from_zip = Predictor.from_bioimageio(out, "cpu", weights=weights)
+        assert from_zip.probabilistic and from_zip.n_outputs == 2
+        mean, scale = from_zip.predict_with_scale(image, "YX")
+        np.testing.assert_allclose(mean, ref_mean, rtol=1e-5, atol=1e-3)
+        np.testing.assert_allclose(scale, ref_scale, rtol=1e-5, atol=1e-3)
+        np.testing.assert_array_equal(from_zip.predict(image, "YX"), mean)  # the challenge path: means only
+    from ai4life_kit.challenge.runner import denoise, load_models
+
+    stack = np.stack([image, image])  # the challenge's S x Y x X stacks: its container writes the means only
+    np.testing.assert_allclose(denoise(load_models([out]), stack, "SYX"), np.stack([ref_mean, ref_mean]), atol=1e-3)
+    den = tmp_path / "den"
+    assert invoke("predict", out, laplace_pairs["a"][2], "--out", den, "--uncertainty", "-q").exit_code == 0
+    np.testing.assert_allclose(read_image(den / "uncertainty" / laplace_pairs["a"][2].name).data, ref_scale, atol=1e-3)
 
 
 @pytest.mark.slow

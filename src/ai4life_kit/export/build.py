@@ -121,7 +121,8 @@ def compute_test_output(run: RunInfo, model, array: np.ndarray) -> np.ndarray:
     x = normalise(np.asarray(array, np.float32), run.mean, run.std, run.dims, eps=input_eps(run.std))
     with torch.no_grad():
         y = model(torch.from_numpy(x)).numpy()
-    return denormalise(np.ascontiguousarray(y, np.float32), run.target_mean, run.target_std, run.dims)
+    # A probabilistic network's scales (channels after the means) get the gain only: run.output_offset.
+    return denormalise(np.ascontiguousarray(y, np.float32), run.output_offset, run.output_gain, run.dims)
 
 
 def failed_package_path(out: Path) -> Path:
@@ -179,14 +180,6 @@ def _load_run_and_test_tensors(
     any export.
     """
     run = load_run(Path(run_dir))
-    if run.model_args.get("probabilistic"):
-        # One output tensor carrying means and scales as named channels, with per-channel
-        # post-processing, has to pass every consumer runtime first; until then no package
-        # rather than one whose second channel a consumer would show as an image.
-        raise UserInputError(
-            f"{run_dir} is a probabilistic model (algorithm.loss: laplace), which cannot be packaged yet; "
-            "predict with the run directory (ai4life-kit predict RUN ... --uncertainty)"
-        )
     model = run.build_model()
     name = (name or default_name(run)).strip()
     description = (description or default_description(run)).strip()

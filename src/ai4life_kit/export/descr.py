@@ -89,10 +89,10 @@ def _space(run: RunInfo) -> list[str]:
     return ["z", "y", "x"][-run.dims :]
 
 
-def _channel_axis(n: int):
+def _channel_axis(n: int, names: list[str] | None = None):
     from bioimageio.spec.model import v0_5 as m
 
-    return m.ChannelAxis(channel_names=[m.Identifier(f"channel{i}") for i in range(n)])
+    return m.ChannelAxis(channel_names=[m.Identifier(c) for c in (names or [f"channel{i}" for i in range(n)])])
 
 
 def _tensor_fields(role: str, files: dict[str, Path]) -> dict[str, Any]:
@@ -129,7 +129,7 @@ def _output_descr(run: RunInfo, files: dict[str, Path]):
     """The output tensor: the input's spatial sizes with the halo, mapped back to raw intensities."""
     from bioimageio.spec.model import v0_5 as m
 
-    axes: list[Any] = [m.BatchAxis(), _channel_axis(run.out_channels)]
+    axes: list[Any] = [m.BatchAxis(), _channel_axis(run.n_outputs, run.output_channel_names)]
     axes += [
         m.SpaceOutputAxisWithHalo(
             id=m.AxisId(a), halo=run.halo, size=m.SizeReference(tensor_id=m.TensorId("input"), axis_id=m.AxisId(a))
@@ -138,12 +138,15 @@ def _output_descr(run: RunInfo, files: dict[str, Path]):
     ]
     return m.OutputTensorDescr(
         **_tensor_fields("output", files),
-        description="denoised image in the input's intensity range",
+        # at most 128 characters (bioimageio.spec); the README says the rest
+        description="Laplace means (the denoised image, input's intensity range), then their scales b in the same units"
+        if run.probabilistic
+        else "denoised image in the input's intensity range",
         axes=axes,
         postprocessing=[
             m.ScaleLinearDescr(
                 kwargs=m.ScaleLinearAlongAxisKwargs(
-                    axis=m.AxisId("channel"), gain=list(run.target_std), offset=list(run.target_mean)
+                    axis=m.AxisId("channel"), gain=run.output_gain, offset=run.output_offset
                 )
             )
         ],

@@ -231,8 +231,8 @@ def _model_section(run: RunInfo, algo: AlgorithmInfo, weight_formats: list[str])
         f"channel {c}: mean {m:.4g}, std {s:.4g}" for c, (m, s) in enumerate(zip(run.mean, run.std, strict=True))
     )
     out_norm = ", ".join(
-        f"channel {c}: gain {s:.4g}, offset {m:.4g}"
-        for c, (m, s) in enumerate(zip(run.target_mean, run.target_std, strict=True))
+        f"`{name}`: gain {s:.4g}, offset {m:.4g}"
+        for name, m, s in zip(run.output_channel_names, run.output_offset, run.output_gain, strict=True)
     )
     return [
         "## Model",
@@ -242,11 +242,34 @@ def _model_section(run: RunInfo, algo: AlgorithmInfo, weight_formats: list[str])
         f"{'N2V2 variant (max-blur pooling, no top skip), ' if run.model_args.get('n2v2') else ''}"
         f"{n_params:,} parameters; architecture file `unet.py` (imports only torch).",
         f"- Input and output: one tensor each, axes `{axes}`, {run.in_channels} channel(s) in, "
-        f"{run.out_channels} out; spatial sizes `{2 * run.halo + run.step} + n * {run.step}`; "
+        f"{run.n_outputs} out; spatial sizes `{2 * run.halo + run.step} + n * {run.step}`; "
         f"output halo {run.halo} pixels (the receptive-field radius).",
         f"- Pre-processing: {_input_step(run)} with the training statistics ({norm}).",
         f"- Post-processing: `scale_linear` back to raw intensities ({out_norm}).",
         f"- Weight formats: {', '.join(f'`{w}`' for w in weight_formats)}.",
+        "",
+        *(_uncertainty_lines(run) if run.probabilistic else []),
+    ]
+
+
+def _uncertainty_lines(run: RunInfo) -> list[str]:
+    """``### Output channels``: what a probabilistic model's two kinds of channels mean, and what not to do."""
+    c = run.out_channels
+    means, scales = run.output_channel_names[:c], run.output_channel_names[c:]
+    return [
+        "### Output channels: mean and uncertainty",
+        "",
+        'This is a probabilistic model (Weigert et al., Nature Methods 2018, "Content-aware image '
+        'restoration"): per pixel it predicts a Laplace distribution of the restored intensity, trained '
+        "with the Laplace negative log-likelihood.",
+        "",
+        f"- {', '.join(f'`{n}`' for n in means)}: the distribution's location, the restored image "
+        "(use this channel as the output).",
+        f"- {', '.join(f'`{n}`' for n in scales)}: its scale `b`, in the same intensity units: the central "
+        "`p` interval of a pixel is `mean +- b ln(1/(1-p))` (`+-0.69 b` holds 50 %, `+-2.3 b` 90 %). "
+        "Large `b` marks pixels the network is unsure of: do not trust structure there.",
+        "- Neither channel is fit for intensity-based quantification (e.g. counting fluorophores); the "
+        "scale shows where the restoration may be wrong, not a measurement error of the sample.",
         "",
     ]
 

@@ -62,6 +62,36 @@ class RunInfo:
         return int(self.model_args.get("out_channels", self.in_channels))
 
     @property
+    def probabilistic(self) -> bool:
+        """Whether the network predicts Laplace scales after its means (``algorithm.loss: laplace``)."""
+        return bool(self.model_args.get("probabilistic"))
+
+    @property
+    def n_outputs(self) -> int:
+        """Channels of the package's output: the means, then (probabilistic) their Laplace scales."""
+        return self.out_channels * (2 if self.probabilistic else 1)
+
+    @property
+    def output_channel_names(self) -> list[str]:
+        """``channel0..`` ; probabilistic: ``mean`` and ``scale`` (``mean0.., scale0..`` for several channels)."""
+        c = self.out_channels
+        if not self.probabilistic:
+            return [f"channel{i}" for i in range(c)]
+        if c == 1:
+            return ["mean", "scale"]
+        return [f"mean{i}" for i in range(c)] + [f"scale{i}" for i in range(c)]
+
+    @property
+    def output_gain(self) -> list[float]:
+        """Post-processing gain per output channel: the target std, for a scale too (a width, not a level)."""
+        return list(self.target_std) * (2 if self.probabilistic else 1)
+
+    @property
+    def output_offset(self) -> list[float]:
+        """Post-processing offset per output channel: the target mean for means, 0 for scales."""
+        return list(self.target_mean) + ([0.0] * self.out_channels if self.probabilistic else [])
+
+    @property
     def step(self) -> int:
         return 2**self.depth
 

@@ -167,6 +167,20 @@ def _output_norm(tensor: dict[str, Any], n: int, path: Path) -> tuple[list[float
     return offset, gain
 
 
+def _means_of_probabilistic(offset: list[float], gain: list[float], path: Path) -> tuple[list[float], list[float]]:
+    """A probabilistic network's output: C means, then C scales post-processed by the same gain and no offset.
+
+    The predictor keeps one (mean, std) per target channel and applies the std alone to the scales.
+    """
+    c = len(offset) // 2
+    if len(offset) != 2 * c or gain[c:] != gain[:c] or any(o != 0 for o in offset[c:]):
+        raise ModelLoadError(
+            f"{path}: a probabilistic network's output needs its means' gains repeated for the scales and "
+            f"offsets of 0 for them; it has gain {gain}, offset {offset}"
+        )
+    return offset[:c], gain[:c]
+
+
 def _depth_and_halo(rdf: dict[str, Any], inp: dict[str, Any], out: dict[str, Any], path: Path) -> tuple[int, int]:
     ours = (rdf.get("config") or {}).get("ai4life_kit") or {}
     halo = max([int(a.get("halo", 0)) for a in out["axes"] if isinstance(a, dict)] or [0])
@@ -268,6 +282,8 @@ def read_package(path: Path, weights: str = "auto") -> PackageContents:
             check_channel_values(target_std, "gain", f"{path}: post-processing scale_linear", n_out, positive=True)
         depth, halo = _depth_and_halo(rdf, inp, out, path)
         model, fmt = _load_weights(zf, rdf, path, weights)
+    if getattr(model, "probabilistic", False):
+        target_mean, target_std = _means_of_probabilistic(target_mean, target_std, path)
     return PackageContents(
         model=model,
         mean=mean,
