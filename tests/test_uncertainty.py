@@ -246,3 +246,54 @@ def test_a_probabilistic_model_predicts_its_means_on_every_path(laplace_pairs, p
         assert result.exit_code == 0, (extra, result.stdout + result.stderr)
         np.testing.assert_allclose(read_image(out / src.name).data, means, rtol=1e-5, atol=1e-3, err_msg=str(extra))
         assert not (out / "uncertainty").exists()
+
+
+# -- per-level calibration on the validation split -------------------------------------------------
+
+
+def test_interval_factors_are_one_for_laplace_errors_and_the_normal_ratio_for_normal_ones():
+    from statistics import NormalDist
+
+    from ai4life_kit.training.calibration import fit_interval_factors
+
+    rng = np.random.default_rng(3)
+    b = rng.uniform(0.5, 3.0, 400_000)
+    lap = fit_interval_factors(np.abs(rng.laplace(0.0, b)) / b)
+    np.testing.assert_allclose(lap["factors"], 1.0, atol=0.02)
+    np.testing.assert_allclose(lap["coverage_uncalibrated"], lap["levels"], atol=0.005)
+    assert lap["mle_factor"] == pytest.approx(1.0, abs=0.01)
+    # normal errors with the same mean |error|: sigma = b sqrt(pi / 2)
+    normal = fit_interval_factors(np.abs(rng.normal(0.0, b * math.sqrt(math.pi / 2))) / b)
+    for p, s in zip(normal["levels"], normal["factors"], strict=True):
+        z = NormalDist().inv_cdf((1 + p) / 2)
+        assert s == pytest.approx(z * math.sqrt(math.pi / 2) / math.log(1 / (1 - p)), rel=0.02)
+    with pytest.raises(ValueError, match="finite"):
+        fit_interval_factors(np.array([1.0, np.nan]))
+
+
+@pytest.mark.slow
+def test_training_calibrates_the_intervals_and_evaluate_scores_them(laplace_pairs, probabilistic_run, tmp_path):
+    from ai4life_kit.rundir import RUN_ENTRIES
+    from ai4life_kit.training.calibration import read_calibration
+
+    cal = read_calibration(probabilistic_run)
+    assert cal["levels"] == [0.5, 0.8, 0.9, 0.95] and cal["pixels"] > 1000
+    assert "uncertainty_calibration.json" in RUN_ENTRIES  # --overwrite deletes it with the run
+    src, truth = laplace_pairs["a"][2], laplace_pairs["b"][2]
+    den = tmp_path / "den"
+    assert invoke("predict", probabilistic_run, src, "--out", den, "--uncertainty", "-q").exit_code == 0
+    args = ["evaluate", den, "--gt", truth.parent, "--uncertainty", "--json", tmp_path / "s.json"]
+    result = invoke(*args, "--calibration", probabilistic_run)
+    assert result.exit_code == 0, result.stdout + result.stderr
+    assert "Uncertainty" in result.stdout  # the table (its columns wrap in an 80-column terminal)
+    pooled = json.loads((tmp_path / "s.json").read_text())["uncertainty"]["pooled"]
+    mean, scale = read_image(den / src.name).data, read_image(den / "uncertainty" / src.name).data
+    factors = dict(zip(cal["levels"], cal["factors"], strict=True))
+    for level in (0.5, 0.9):
+        expected = coverage(read_image(truth).data, mean, factors[level] * scale, level)
+        assert pooled[f"coverage{round(level * 100)}_calibrated"] == pytest.approx(expected, abs=1e-9)
+        assert expected == pytest.approx(level, abs=0.05)  # held-out image, known Laplace noise
+    wrong = invoke("evaluate", den, "--gt", truth.parent, "--calibration", probabilistic_run)
+    assert wrong.exit_code == 2 and "add --uncertainty" in wrong.stderr
+    none = invoke("evaluate", den, "--gt", truth.parent, "--uncertainty", "--overwrite", "--calibration", tmp_path)
+    assert none.exit_code == 2 and "no uncertainty_calibration.json" in none.stderr

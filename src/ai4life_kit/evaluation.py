@@ -159,7 +159,22 @@ def _read_map(name: str, path: Path, shape: tuple[int, ...], axes: str | None, p
     return data
 
 
-def evaluate_uncertainty(result: dict[str, Any], axes: str | None = None) -> dict[str, Any]:
+def _calibrated(
+    truth: np.ndarray, mean: np.ndarray, scale: np.ndarray, factors: dict[float, float]
+) -> dict[str, float]:
+    """Coverage of the intervals ``mean +- s_p b ln(1/(1-p))`` for the reported levels a calibration has."""
+    from ai4life_kit.laplace import LEVELS, coverage
+
+    return {
+        f"coverage{round(p * 100)}_calibrated": coverage(truth, mean, factors[p] * scale, p)
+        for p in LEVELS
+        if p in factors
+    }
+
+
+def evaluate_uncertainty(
+    result: dict[str, Any], axes: str | None = None, calibration: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Calibration of the uncertainty maps next to the predictions scored in ``result`` (of :func:`evaluate_folders`).
 
     Each prediction ``OUT/NAME.tif`` has a Laplace scale map ``OUT/uncertainty/NAME.tif`` (a
@@ -167,7 +182,9 @@ def evaluate_uncertainty(result: dict[str, Any], axes: str | None = None) -> dic
     ``OUT/uncertainty/NAME.std.tif`` (a deterministic ensemble), as ``predict`` writes them
     (:data:`UNCERTAINTY_MAPS`). Per image and pooled over all pixels of all images:
     :func:`ai4life_kit.laplace.calibration`; where a disagreement map ``NAME.disagreement.tif`` is
-    there too, its rank correlation with the error (``disagreement_spearman``).
+    there too, its rank correlation with the error (``disagreement_spearman``). With a run's
+    ``calibration`` (``uncertainty_calibration.json``: levels and factors), also the coverage of
+    the calibrated Laplace intervals (``coverage50_calibrated``, ...).
 
     Raises
     ------
@@ -176,8 +193,9 @@ def evaluate_uncertainty(result: dict[str, Any], axes: str | None = None) -> dic
     """
     from scipy.stats import spearmanr
 
-    from ai4life_kit.laplace import calibration
+    from ai4life_kit.laplace import calibration as laplace_calibration
 
+    factors = dict(zip(calibration["levels"], calibration["factors"], strict=True)) if calibration else {}
     pooled: dict[str, list[np.ndarray]] = {"truth": [], "mean": [], "scale": [], "disagreement": []}
     images, families = [], set()
     for img in result["images"]:
@@ -195,7 +213,11 @@ def evaluate_uncertainty(result: dict[str, Any], axes: str | None = None) -> dic
         scale = _read_map(img["name"], path, mean.shape, axes, positive=family == "laplace")
         truth = read_image(Path(img["ground_truth"]), axes=axes).data
         row = {"name": img["name"], "map": kind, "scale_map": str(path)}
-        row |= calibration(truth, mean, scale, family=family)
+        row |= laplace_calibration(truth, mean, scale, family=family)
+        if factors:
+            if family != "laplace":
+                raise DataError(f"{img['name']}: a calibration applies to Laplace scales, not to an ensemble's spread")
+            row |= _calibrated(truth, mean, scale, factors)
         d_path = uncertainty_map_path(pred_path, "disagreement")
         if d_path.is_file():
             d = _read_map(img["name"], d_path, mean.shape, axes, positive=False)
@@ -207,7 +229,9 @@ def evaluate_uncertainty(result: dict[str, Any], axes: str | None = None) -> dic
     if len(families) > 1:
         raise DataError("the predictions carry uncertainty maps of different kinds (Laplace scales and spreads)")
     truth, mean, scale = (np.concatenate(pooled[k]) for k in ("truth", "mean", "scale"))
-    summary = calibration(truth, mean, scale, family=families.pop())
+    summary = laplace_calibration(truth, mean, scale, family=families.pop())
+    if factors:
+        summary |= _calibrated(truth, mean, scale, factors)
     if len(pooled["disagreement"]) == len(images):
         d = np.concatenate(pooled["disagreement"])
         summary["disagreement_spearman"] = float(spearmanr(d, np.abs(truth - mean)).statistic)

@@ -13,6 +13,7 @@ and torch) so that none of them has to import another to understand a run::
       metrics.csv             one row per epoch (training.report)
       loss.png                loss curves
       training_summary.json   TrainingSummary: data, validation, timing
+      uncertainty_calibration.json  probabilistic runs: interval factors fitted on the validation split
 
 An ensemble (``train --ensemble K``) is a folder of K such run directories, one per seed::
 
@@ -36,6 +37,7 @@ from ai4life_kit.fileio import atomic_write_text
 
 __all__ = [
     "BEST_CHECKPOINT",
+    "CALIBRATION_FILE",
     "ENSEMBLE_MARKER",
     "CHECKPOINT_DIR",
     "FORMAT_VERSION",
@@ -79,7 +81,18 @@ BEST_CHECKPOINT = "best.pt"
 METRICS_FILE = "metrics.csv"
 LOSS_PLOT = "loss.png"
 SUMMARY_FILE = "training_summary.json"
-RUN_ENTRIES = (RUN_MARKER, SPEC_FILE, NORMALIZATION_FILE, CHECKPOINT_DIR, METRICS_FILE, LOSS_PLOT, SUMMARY_FILE)
+CALIBRATION_FILE = "uncertainty_calibration.json"
+"""Probabilistic runs: per-level interval factors fitted on the validation split (training.calibration)."""
+RUN_ENTRIES = (
+    RUN_MARKER,
+    SPEC_FILE,
+    NORMALIZATION_FILE,
+    CHECKPOINT_DIR,
+    METRICS_FILE,
+    LOSS_PLOT,
+    SUMMARY_FILE,
+    CALIBRATION_FILE,
+)
 """Everything training writes at the top of a run directory, and so all that --overwrite deletes."""
 
 

@@ -52,14 +52,18 @@ def _calibration_table(cal: dict[str, Any]) -> Any:
     laplace = cal["pooled"]["family"] == "laplace"
     what, sym = ("Laplace scales", "b") if laplace else ("ensemble spreads read as normal sigmas", "sigma")
     with_d = "disagreement_spearman" in cal["pooled"]
+    with_cal = "coverage50_calibrated" in cal["pooled"]
     table = Table(title=f"Uncertainty: central intervals of the {what} (nominal 0.50 / 0.90)")
     titles = ["image", "coverage 50 %", "coverage 90 %", f"Spearman({sym}, |error|)", "mean |error| / predicted"]
+    titles += ["calibrated 50 %", "calibrated 90 %"] if with_cal else []
     for title in titles + (["Spearman(D, |error|)"] if with_d else []):
         table.add_column(title, justify="left" if title == "image" else "right")
 
     def cells(c: dict[str, Any]) -> list[str]:
         row = [f"{c['coverage50']:.3f}", f"{c['coverage90']:.3f}", f"{c['spearman']:.3f}"]
         row.append(f"{c['error_over_scale']:.2f}")
+        if with_cal:
+            row += [f"{c['coverage50_calibrated']:.3f}", f"{c['coverage90_calibrated']:.3f}"]
         return row + ([f"{c['disagreement_spearman']:.3f}"] if with_d else [])
 
     for img in cal["images"]:
@@ -89,6 +93,15 @@ def evaluate(
             "PRED_DIR/uncertainty/reliability.png.",
         ),
     ] = False,
+    calibration: Annotated[
+        Path | None,
+        typer.Option(
+            "--calibration",
+            metavar="RUN",
+            help="With --uncertainty: also score the intervals calibrated with RUN/uncertainty_calibration.json "
+            "(per-level factors fitted on the run's validation split at the end of training).",
+        ),
+    ] = None,
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace an existing --json file (and reliability plot).")
     ] = False,
@@ -109,6 +122,16 @@ def evaluate(
     from ai4life_kit.fileio import atomic_write_text, check_writable
 
     plot = None
+    factors = None
+    if calibration is not None:
+        from ai4life_kit.errors import UserInputError
+        from ai4life_kit.training.calibration import read_calibration
+
+        if not uncertainty:
+            raise UserInputError("--calibration scores uncertainty maps: add --uncertainty")
+        factors = read_calibration(calibration)
+        if factors is None:
+            raise UserInputError(f"{calibration} has no uncertainty_calibration.json (a probabilistic run has one)")
     if uncertainty:
         from ai4life_kit.evaluation import UNCERTAINTY_DIR
 
@@ -122,7 +145,7 @@ def evaluate(
         from ai4life_kit.evaluation import evaluate_uncertainty
         from ai4life_kit.panels import write_reliability_plot
 
-        result["uncertainty"] = evaluate_uncertainty(result, axes)
+        result["uncertainty"] = evaluate_uncertainty(result, axes, factors)
         Console().print(_calibration_table(result["uncertainty"]))
         write_reliability_plot(
             plot, {"all pixels": result["uncertainty"]["pooled"]["reliability"]}, f"{pred_dir}", overwrite

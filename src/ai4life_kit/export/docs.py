@@ -270,7 +270,31 @@ def _uncertainty_lines(run: RunInfo) -> list[str]:
         "Large `b` marks pixels the network is unsure of: do not trust structure there.",
         "- Neither channel is fit for intensity-based quantification (e.g. counting fluorophores); the "
         "scale shows where the restoration may be wrong, not a measurement error of the sample.",
+        *_calibration_lines(run),
         "",
+    ]
+
+
+def _calibration_lines(run: RunInfo) -> list[str]:
+    """The per-level interval factors fitted on the run's validation split, when it has them."""
+    from ai4life_kit.training.calibration import read_calibration
+
+    cal = read_calibration(run.run_dir)
+    if cal is None:
+        return []
+    rows = [
+        f"| {round(p * 100)} % | {round(c * 100)} % | {s:.3f} |"
+        for p, c, s in zip(cal["levels"], cal["coverage_uncalibrated"], cal["factors"], strict=True)
+    ]
+    return [
+        "",
+        f"Calibration on the held-out validation split ({cal['pixels']:,} pixels): the share of true pixels "
+        "inside `mean +- b ln(1/(1-p))`, and the factor `s_p` that makes `mean +- s_p b ln(1/(1-p))` hold "
+        "exactly `p` of them (use it for calibrated intervals):",
+        "",
+        "| interval p | held | factor s_p |",
+        "|---|---|---|",
+        *rows,
     ]
 
 

@@ -53,6 +53,15 @@ def _write_report(out: Path, rows: list[dict], title: str, summary: TrainingSumm
     write_summary(summary, out)
 
 
+def _calibrate(out: Path, prepared: Prepared, log: Callable[[str], None] | None) -> None:
+    """Probabilistic runs: interval factors on the validation split (rank 0; :mod:`training.calibration`)."""
+    from ai4life_kit.training.calibration import calibrate_run, summary_line
+
+    cal = calibrate_run(out, prepared.val_set, prepared.norm, prepared.device)
+    if log is not None:
+        log(f"uncertainty on the validation split ({cal['pixels']:,} pixels), central intervals: {summary_line(cal)}")
+
+
 def train(
     spec: TrainingSpec,
     data: Sequence[str | Path],
@@ -172,6 +181,8 @@ def _train(
         spec = prepared.spec
         title = f"{spec.name or spec.algorithm.name} ({spec.algorithm.name})"
         dist.run_on_main(_write_report, out, session.rows, title, summary)
+        if spec.is_probabilistic and prepared.val_set is not None and session.rows:
+            dist.run_on_main(_calibrate, out, prepared, log)
         return out
     finally:
         prepared.ts.close()  # the files behind lazy views (see load_training_set)
