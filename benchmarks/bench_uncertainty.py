@@ -17,6 +17,8 @@ the whole image and scores the held-out bottom quarter against the clean image:
 - mean |error| / mean ``b`` (1 for a calibrated Laplace, whose E|error| is ``b``);
 - a post-hoc scale factor ``s = mean(|error| / b)`` (the Laplace maximum-likelihood factor), fitted
   on the first half of the held-out rows and scored on the second half: coverage before and after;
+- coverage with the per-level factors the run fitted on its own validation split at the end of
+  training (``RUN/uncertainty_calibration.json``, :mod:`ai4life_kit.training.calibration`);
 - a reliability table: pixels binned by predicted ``b`` (deciles), mean ``b`` against mean |error|.
 
 Also writes, for the first seed, the uncertainty panel (input | mean | b | |error|) and a reliability
@@ -50,6 +52,7 @@ from ai4life_kit.metrics import psnr  # noqa: E402
 from ai4life_kit.panels import write_reliability_plot, write_uncertainty_panel  # noqa: E402
 from ai4life_kit.prediction import Predictor  # noqa: E402
 from ai4life_kit.training import train  # noqa: E402
+from ai4life_kit.training.calibration import read_calibration  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
 DATASETS = {"stardist-p20": ("stardist-2d", 2), "nucleus3d-p20": ("cells3d-nucleus", 3)}
@@ -126,6 +129,12 @@ def run_one(name: str, steps: int, seed: int, work: Path, panel: bool) -> dict[s
             mean, scale = predictor.predict_with_scale(noisy, axes)
             result[key] = {"psnr": psnr(gt[test], mean[test]), "train_s": train_s}
             result[key] |= _calibration(gt[test], mean[test], scale[test])
+            cal = read_calibration(run)  # per-level factors the run fitted on its own validation split
+            factors = dict(zip(cal["levels"], cal["factors"], strict=True))
+            for level in LEVELS:
+                key_p = f"coverage{round(level * 100)}_run_calibrated"
+                result[key][key_p] = coverage(gt[test], mean[test], factors[level] * scale[test], level)
+            result[key]["run_factors"] = cal["factors"]
             if panel:
                 write_uncertainty_panel(
                     RESULTS / f"uncertainty_panel_{name}.png", noisy, mean, scale, axes, truth=gt, overwrite=True
@@ -152,9 +161,9 @@ def markdown(report: dict[str, Any]) -> str:
         "the shipped CARE recipes with the benchmark's patch and batch sizes; mean ± sd over the seeds.",
         "",
         "| dataset | noisy PSNR | CARE MAE PSNR | probabilistic CARE PSNR | difference | coverage 50 % | "
-        "coverage 90 % | after factor (fit / test halves): 50 % / 90 % | factor | Spearman(b, abs error) | "
-        "mean abs error / mean b |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "coverage 90 % | after factor (fit / test halves): 50 % / 90 % | factor | run-calibrated 50 % / 90 % | "
+        "Spearman(b, abs error) | mean abs error / mean b |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     by: dict[str, list[dict[str, Any]]] = {}
     for r in report["results"]:
@@ -168,6 +177,8 @@ def markdown(report: dict[str, Any]) -> str:
             f"{_pm([x['coverage90'] for x in lap], '.3f')} | "
             f"{_pm([x['coverage50_test_half_scaled'] for x in lap], '.3f')} / "
             f"{_pm([x['coverage90_test_half_scaled'] for x in lap], '.3f')} | {_pm([x['factor'] for x in lap])} | "
+            f"{_pm([x.get('coverage50_run_calibrated', float('nan')) for x in lap], '.3f')} / "
+            f"{_pm([x.get('coverage90_run_calibrated', float('nan')) for x in lap], '.3f')} | "
             f"{_pm([x['spearman'] for x in lap], '.3f')} | {_pm([x['error_over_scale'] for x in lap])} |"
         )
     lines += ["", "Reliability (first seed): predicted b per decile against the observed mean |error|.", ""]

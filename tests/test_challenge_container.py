@@ -229,3 +229,49 @@ def test_top_level_dockerfile_builds_the_kit_image(engine, trained_package, tmp_
     specs = engine.call("run", "--rm", "--network=none", "--entrypoint", "ls", engine.ref("ai4life-kit:ci"),
                         "/opt/ai4life-kit/model_specs").stdout.split()  # fmt: skip
     assert {"mdc24-hagen-actin.yaml", "mdc24-jump.yaml", "mdc24-support.yaml", "mdc24-w2s.yaml"} <= set(specs)
+
+
+def _trained_2025_package(root: Path, challenge: str) -> Path:
+    """simulate -> train -> package, as a participant of ``challenge`` would (a few steps only)."""
+    from ai4life_kit.config import load_spec
+    from ai4life_kit.export import package_run
+    from ai4life_kit.training import train
+
+    if challenge == "cidc25":  # space-time N2V2 on a simulated two-photon video
+        from ai4life_kit.simulate.calcium import simulate_calcium_dataset
+
+        sim = simulate_calcium_dataset(root / "sim", n=1, shape=(32, 64, 64), seed=5)
+        spec, data, target = load_spec(REPO / "model_specs" / "cidc25-n2v2-st.yaml"), sim["noisy"], None
+        spec.data.patch_size = [16, 32, 32]
+    else:  # MDC25: supervised CARE on noisy / clean pairs
+        from ai4life_kit.simulate import simulate_dataset
+
+        sim = simulate_dataset(root / "sim", shape=(96, 96), n=2, seed=6)
+        spec, data, target = load_spec(REPO / "model_specs" / "care-2d.yaml"), sim["noisy"], sim["gt"]
+        spec.data.patch_size = [32, 32]
+    spec.model.width = 8
+    spec.training.epochs, spec.training.steps_per_epoch = 1, 4
+    spec.training.batch_size, spec.training.val_patches = 2, 4
+    run = train(spec, data, target, root / "run", device="cpu", progress=False)
+    out = root / f"ci-{challenge}.bioimageio.zip"
+    return Path(package_run(run, out, authors=["CI"], onnx=False, run_test=False).path)
+
+
+@pytest.mark.parametrize("challenge", ["cidc25", "mdc25"])
+def test_a_2025_challenge_image_runs_its_contract(engine, tmp_path, challenge):
+    """The 2025 challenges' images: inputs found through inputs.json, outputs in that challenge's folder."""
+    from ai4life_kit.challenge.contract import CHALLENGES
+
+    package = _trained_2025_package(tmp_path, challenge)
+    ctx = render_context([package], None, tmp_path / f"ci-{challenge}", challenge=challenge)
+    report = ctest.run_context_test(ctx.path, log=print)
+    assert report.ok, report.to_dict()
+    assert report.mode == engine.name
+    track = next(iter(CHALLENGES[challenge].tracks.values()))
+    outputs = sorted((ctx.path / "test" / "output" / track.output_dir).glob("*.tif"))
+    assert [p.name for p in outputs] == sorted(
+        c["path"].split("/")[-1].rsplit(".", 1)[0] + ".tif" for c in ctx.info["test_cases"]
+    )
+    for case, out in zip(sorted(ctx.info["test_cases"], key=lambda c: c["path"]), outputs, strict=True):
+        assert list(tifffile.imread(out).shape) == case["shape"]  # a video keeps its T, Y, X
+    engine.call("image", "rm", "-f", ctx.image, check=False)

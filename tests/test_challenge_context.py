@@ -92,7 +92,7 @@ def test_generated_dockerfile_passes_hadolint_and_follows_the_contract(structure
     entry = json.loads(re.search(r"^ENTRYPOINT (\[.*\])$", text, re.M).group(1))
     assert entry == [
         "ai4life-kit", "challenge", "run", "--model", f"/opt/app/model/{package.name}",
-        "--input-root", "/input", "--output-root", "/output",
+        "--input-root", "/input", "--output-root", "/output", "--challenge", "mdc24",
     ]  # fmt: skip
     # everything the Dockerfile copies exists in the context (a classic broken submission)
     for src in re.findall(r"^COPY (\S+) ", text, re.M):

@@ -52,14 +52,15 @@ def make_package(
     mean: float = 1000.0,
     std: float = 300.0,
     seed: int = 0,
+    dims: int = 2,
 ) -> Path:
-    """Write a bioimage.io zip with a randomly initialised (seeded) U-Net; returns ``path``."""
+    """Write a bioimage.io zip with a randomly initialised (seeded) U-Net (2D or 3D); returns ``path``."""
     import torch
 
     from ai4life_kit.models.unet import UNet, receptive_field_radius
 
     torch.manual_seed(seed)
-    net = UNet(dims=2, in_channels=n_channels, out_channels=n_channels, depth=depth, width=width).eval()
+    net = UNet(dims=dims, in_channels=n_channels, out_channels=n_channels, depth=depth, width=width).eval()
     buf = io.BytesIO()
     torch.jit.save(torch.jit.script(net), buf)
     weights = buf.getvalue()
@@ -69,10 +70,11 @@ def make_package(
 
     def axes(kind: str) -> list[dict]:
         size = {"min": 2 * halo + step, "step": step}
-        space = [{"type": "space", "id": a, "size": size} for a in "yx"]
+        letters = "zyx"[-dims:]
+        space = [{"type": "space", "id": a, "size": size} for a in letters]
         if kind == "output":
             space = [
-                {"type": "space", "id": a, "halo": halo, "size": {"tensor_id": "input", "axis_id": a}} for a in "yx"
+                {"type": "space", "id": a, "halo": halo, "size": {"tensor_id": "input", "axis_id": a}} for a in letters
             ]
         return [{"type": "batch"}, {"type": "channel", "channel_names": names}, *space]
 

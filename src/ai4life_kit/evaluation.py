@@ -19,6 +19,7 @@ from ai4life_kit.metrics import evaluate_image
 
 __all__ = [
     "METRIC_COLUMNS",
+    "VIDEO_COLUMNS",
     "UNCERTAINTY_DIR",
     "UNCERTAINTY_MAPS",
     "evaluate_folders",
@@ -52,6 +53,13 @@ def uncertainty_map_path(prediction: Path, kind: str) -> Path:
 
 METRIC_COLUMNS = (("psnr", "PSNR", "{:.2f}"), ("si_psnr", "SI-PSNR", "{:.2f}"), ("ssim", "SSIM", "{:.4f}"))
 METRIC_COLUMNS += (("ms_ssim", "MS-SSIM", "{:.4f}"),)
+VIDEO_COLUMNS = (
+    ("stsnr", "stSNR (dB)", "{:.2f}"),
+    ("spatial_snr", "spatial SNR", "{:.2f}"),
+    ("temporal_snr", "temporal SNR", "{:.2f}"),
+    ("psnr_p3_p97", "PSNR (p3-p97 range)", "{:.2f}"),
+)
+"""``--metric stsnr``: CIDC25's ranking metric and its extra PSNR (:mod:`ai4life_kit.metrics_temporal`)."""
 
 
 def _by_stem(files: list[Path], what: str) -> dict[str, Path]:
@@ -69,7 +77,8 @@ def preview(names: list[str] | set[str], limit: int = 5) -> str:
     return ", ".join(names[:limit]) + more
 
 
-def _score_one(name: str, pred_path: Path, gt_path: Path, axes: str | None) -> dict[str, Any]:
+def _read_pair(name: str, pred_path: Path, gt_path: Path, axes: str | None):
+    """Prediction and ground truth, read and checked to have the same shape and axes."""
     gt = read_image(gt_path, axes=axes)
     pred = read_image(pred_path, axes=axes)
     if pred.data.shape != gt.data.shape:
@@ -79,25 +88,47 @@ def _score_one(name: str, pred_path: Path, gt_path: Path, axes: str | None) -> d
         )
     if pred.axes != gt.axes:
         raise DataError(f"{name}: prediction axes {pred.axes!r} differ from ground-truth axes {gt.axes!r}; pass --axes")
-    try:
-        scores = evaluate_image(gt.data, pred.data, gt.axes)
-    except DataError as exc:
-        raise DataError(f"{name}: {exc}") from None
+    return pred, gt
+
+
+def _row(name: str, pred_path: Path, gt_path: Path, gt: Any) -> dict[str, Any]:
     return {
         "name": name,
         "prediction": str(pred_path),
         "ground_truth": str(gt_path),
         "shape": list(gt.data.shape),
         "axes": gt.axes,
-        **scores,
     }
 
 
-def _mean(rows: list[dict[str, float]]) -> dict[str, float]:
-    return {key: float(np.mean([r[key] for r in rows])) for key, _, _ in METRIC_COLUMNS}
+def _score_one(name: str, pred_path: Path, gt_path: Path, axes: str | None) -> dict[str, Any]:
+    pred, gt = _read_pair(name, pred_path, gt_path, axes)
+    try:
+        scores = evaluate_image(gt.data, pred.data, gt.axes)
+    except DataError as exc:
+        raise DataError(f"{name}: {exc}") from None
+    return {**_row(name, pred_path, gt_path, gt), **scores}
 
 
-def evaluate_folders(pred: Path, gt: Path, axes: str | None = None) -> dict[str, Any]:
+def _score_video(name: str, pred_path: Path, gt_path: Path, axes: str | None, alpha: float) -> dict[str, Any]:
+    """CIDC25's metrics of one (T, Y, X) video (:func:`ai4life_kit.metrics_temporal.evaluate_video`)."""
+    from ai4life_kit.metrics_temporal import evaluate_video
+
+    pred, gt = _read_pair(name, pred_path, gt_path, axes)
+    try:
+        scores = evaluate_video(gt.data, pred.data, alpha)
+    except DataError as exc:
+        raise DataError(f"{name}: {exc} (stSNR scores (T, Y, X) videos; pass --axes TYX)") from None
+    return {**_row(name, pred_path, gt_path, gt), "mean": scores}
+
+
+def _mean(rows: list[dict[str, float]], columns: tuple = METRIC_COLUMNS) -> dict[str, float]:
+    return {key: float(np.mean([r[key] for r in rows])) for key, _, _ in columns}
+
+
+def evaluate_folders(
+    pred: Path, gt: Path, axes: str | None = None, metric: str = "standard", alpha: float | None = None
+) -> dict[str, Any]:
     """Score every prediction in ``pred`` against the same-named image in ``gt``.
 
     Parameters
@@ -106,6 +137,10 @@ def evaluate_folders(pred: Path, gt: Path, axes: str | None = None) -> dict[str,
         Folders (or single files / glob patterns) of TIFFs.
     axes
         Axes of every image, overriding file metadata (e.g. ``"SYX"``, ``"CYX"``).
+    metric
+        ``standard`` (the MDC metrics, :data:`METRIC_COLUMNS`) or ``stsnr`` (CIDC25's, of
+        ``(T, Y, X)`` videos, :data:`VIDEO_COLUMNS`; ``alpha`` weighs its spatial part, default
+        :data:`~ai4life_kit.metrics_temporal.DEFAULT_ALPHA`).
 
     Returns
     -------
@@ -132,6 +167,24 @@ def evaluate_folders(pred: Path, gt: Path, axes: str | None = None) -> dict[str,
     if missing:
         raise DataError(f"no ground truth in {gt} for prediction(s) {preview(missing)}")
 
+    if metric == "stsnr":
+        from ai4life_kit.metrics_temporal import DEFAULT_ALPHA
+
+        a = DEFAULT_ALPHA if alpha is None else alpha
+        videos = [_score_video(name, pred_files[name], gt_files[name], axes, a) for name in common]
+        return {
+            "prediction": str(pred),
+            "ground_truth": str(gt),
+            "axes": axes,
+            "metric": "stsnr",
+            "alpha": a,
+            "n_images": len(videos),
+            "images": videos,
+            "mean": _mean([v["mean"] for v in videos], VIDEO_COLUMNS),
+            "unmatched_ground_truth": sorted(set(gt_files) - set(pred_files)),
+        }
+    if metric != "standard":
+        raise ValueError(f"metric {metric!r}: standard or stsnr")
     images = [_score_one(name, pred_files[name], gt_files[name], axes) for name in common]
     n_channels = {len(img["channels"]) for img in images}
     per_channel = None

@@ -9,8 +9,9 @@ OUT/
   kit/ai4life_kit-VERSION-py3-none-any.whl   this very ai4life-kit source, installed --no-deps
   model/NAME.zip      the packaged model(s), unchanged
   wheels/             the torch CPU wheel, hard-linked when found locally (else pip downloads it)
-  test/input/images/image-stack-<track>-noise/*.tif   small synthetic stacks in the real layout
-  submission.json     name, image tag, track, models and their sha256, test cases
+  test/input/images/<track's folder>/*.tif   small synthetic stacks (CIDC25: calcium videos) in the real
+                      layout; for the 2025 challenges with the inputs.json their templates write
+  submission.json     name, image tag, challenge, track, models and their sha256, test cases
 ```
 
 The pins and the torch wheel come from :mod:`~ai4life_kit.challenge.deps`, the kit's wheel from
@@ -35,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from ai4life_kit.challenge.contract import TRACKS, Track
+from ai4life_kit.challenge.contract import DEFAULT_CHALLENGE, INPUTS_JSON, Challenge, Track, get_challenge
 from ai4life_kit.challenge.deps import pinned_requirements, torch_pin, torch_wheel_for
 from ai4life_kit.challenge.kitwheel import build_kit_wheel
 from ai4life_kit.errors import ModelLoadError, UserInputError
@@ -73,6 +74,11 @@ class Context:
     @property
     def test_input(self) -> Path:
         return self.path / "test" / "input"
+
+    @property
+    def challenge(self) -> Challenge:
+        """The challenge it was built for (contexts of releases before 2025's: MDC24)."""
+        return get_challenge(self.info.get("challenge", DEFAULT_CHALLENGE))
 
     @property
     def archive(self) -> Path:
@@ -120,6 +126,9 @@ def _sha256(path: Path) -> str:
 def write_test_inputs(folder: Path, track: Track, n_channels: int, seed: int = 0) -> list[dict[str, Any]]:
     """Small synthetic stacks in ``track``'s layout: a 540 x 540 one and an odd-sized one.
 
+    Calcium (CIDC25): two simulated two-photon videos (:mod:`ai4life_kit.simulate.calcium`),
+    ``(64, 128, 128)`` and ``(23, 75, 61)`` int16.
+
     Structured: ``(3, 540, 540)`` uint16 with row-correlated noise and ``(2, 257, 131)`` float32
     (``.tiff``). Unstructured: ``(2, C, 540, 540)`` int16 with negative values and
     ``(1, C, 203, 97)`` uint16. 540 is not a multiple of 16, as in the JUMP data.
@@ -139,7 +148,15 @@ def write_test_inputs(folder: Path, track: Track, n_channels: int, seed: int = 0
         ]
         return np.stack(planes).reshape(shape)
 
-    if track.name == "structured":
+    if track.temporal:
+        from ai4life_kit.simulate.calcium import simulate_calcium
+
+        # Two-photon videos as CIDC25 sends them: int16, one of odd size and few frames.
+        cases = [
+            (f"video-{i}.tif", simulate_calcium(shape, seed=seed + i).noisy)
+            for i, shape in enumerate([(64, 128, 128), (23, 75, 61)])
+        ]
+    elif track.name == "structured":
         cases = [
             ("stack-540.tif", stack((3, 540, 540), True)),
             ("stack-odd.tiff", stack((2, 257, 131), True).astype(np.float32)),
@@ -192,6 +209,7 @@ class _Plan:
     out: Path
     """Where the context will live (named in its texts)."""
     name: str
+    challenge: Challenge
     track: Track
     paths: list[Path]
     channels: list[int]
@@ -209,9 +227,10 @@ class _Plan:
 
 def render_context(
     models: Sequence[Path],
-    track: str,
+    track: str | None,
     out: Path,
     *,
+    challenge: str = DEFAULT_CHALLENGE,
     name: str | None = None,
     overwrite: bool = False,
     tta: bool = False,
@@ -219,7 +238,9 @@ def render_context(
     n_channels: Sequence[int] | None = None,
     log: Log = print,
 ) -> Context:
-    """Write a build context for ``models`` (bioimage.io zips) on ``track`` into ``out``.
+    """Write a build context for ``models`` (bioimage.io zips) on ``challenge``'s ``track`` into ``out``.
+
+    ``track`` may be ``None`` for a challenge with one track (MDC25, CIDC25).
 
     ``n_channels`` (one per model) skips loading the models to learn their channel counts; by
     default every model is loaded with :func:`~ai4life_kit.challenge.runner.load_models`, which
@@ -227,9 +248,14 @@ def render_context(
     """
     from ai4life_kit.challenge.runner import load_models
 
-    if track not in TRACKS:
-        raise UserInputError(f"unknown track {track!r}; use one of {', '.join(TRACKS)}")
-    trk = TRACKS[track]
+    chal = get_challenge(challenge)
+    if track is None:
+        if len(chal.tracks) > 1:
+            raise UserInputError(f"{chal.name} has tracks {', '.join(chal.tracks)}: choose one with --track")
+        track = next(iter(chal.tracks))
+    if track not in chal.tracks:
+        raise UserInputError(f"unknown track {track!r} for {chal.name}; use {' or '.join(chal.tracks)}")
+    trk = chal.tracks[track]
     paths = [Path(m) for m in models]
     if not paths:
         raise UserInputError("give at least one model (.zip)")
@@ -239,13 +265,13 @@ def render_context(
         if not zipfile.is_zipfile(p):
             raise ModelLoadError(f"model {p} is not a zip file (expected a bioimage.io package)")
     name = image_name(out, name)
-    channels = list(n_channels) if n_channels is not None else [m.n_channels for m in load_models(paths)]
+    channels = list(n_channels) if n_channels is not None else [m.n_channels for m in load_models(paths, "cpu", chal)]
     data_channels = _data_channels(trk, channels)
     requirements = pinned_requirements()
     wheel = torch_wheel_for(torch_pin(requirements), torch_wheel)
 
     out = prepare_output_dir(Path(out), overwrite, is_ours=lambda p: (p / CONTEXT_FILE).is_file())
-    plan = _Plan(out, name, trk, paths, channels, data_channels, tta, requirements, wheel)
+    plan = _Plan(out, name, chal, trk, paths, channels, data_channels, tta, requirements, wheel)
     log(f"writing build context {out}")
     # Written next to `out` and renamed into place: a failure never leaves half a context behind.
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
@@ -264,6 +290,9 @@ def _data_channels(track: Track, channels: list[int]) -> int:
     from ai4life_kit.challenge.runner import channel_plan
 
     stand_ins = [_Channels(c) for c in channels]
+    if track.temporal:  # (T, Y, X) videos: one channel
+        channel_plan(stand_ins, 1, "a calcium video (T, Y, X)")
+        return 1
     if track.name == "structured":
         # (S, Y, X) stacks have one channel: one 1-channel model.
         channel_plan(stand_ins, 1, "a structured-track stack (S, Y, X)")
@@ -281,6 +310,15 @@ def _write_context(dest: Path, plan: _Plan, log: Log) -> None:
     kit_wheel = _write_dependencies(dest, plan, log)
     trk = plan.track
     cases = write_test_inputs(dest / "test" / "input" / trk.input_dir, trk, plan.data_channels)
+    if plan.challenge.name != DEFAULT_CHALLENGE:  # the 2025 templates describe their inputs in inputs.json
+        listed = [
+            {
+                "image": {"name": c["path"]},
+                "interface": {"slug": trk.interface, "kind": "Image", "relative_path": trk.input_dir},
+            }
+            for c in cases
+        ]
+        (dest / "test" / "input" / INPUTS_JSON).write_text(json.dumps(listed, indent=2) + "\n", encoding="utf-8")
     values = _template_values(plan, model_files, sha, kit_wheel.name)
     (dest / "Dockerfile").write_text(_render(_template("Dockerfile.in"), values), encoding="utf-8")
     (dest / "README.md").write_text(_render(_template("README.md.in"), values), encoding="utf-8")
@@ -335,16 +373,24 @@ def _template_values(plan: _Plan, model_files: list[str], sha: dict[str, str], k
     entry = ["ai4life-kit", "challenge", "run"]
     for m in container_models:
         entry += ["--model", m]
-    entry += ["--input-root", "/input", "--output-root", "/output"] + (["--tta"] if tta else [])
+    entry += ["--input-root", "/input", "--output-root", "/output", "--challenge", plan.challenge.name]
+    entry += ["--tta"] if tta else []
     return {
         "name": plan.name,
         "track": trk.name,
+        "challenge": plan.challenge.name,
+        "challenge_title": plan.challenge.title,
+        "output_dir": trk.output_dir,
+        "output_interface": trk.output_interface,
+        "layout": trk.layout,
         "kit_version": ai4life_kit.__version__,
         "model_list": ", ".join(p.name for p in paths),
         "model_list_md": ", ".join(f"`{p.name}`" for p in paths),
         "model_files_md": ", ".join(f"`{f}`" for f in model_files),
         "model_sha256": ",".join(sha[f] for f in model_files),
-        "model_args": " ".join(f"--model {m}" for m in container_models) + (" --tta" if tta else ""),
+        "model_args": " ".join(f"--model {m}" for m in container_models)
+        + f" --challenge {plan.challenge.name}"
+        + (" --tta" if tta else ""),
         "entrypoint": ", ".join(json.dumps(a) for a in entry),
         "entrypoint_shell": " ".join(entry),
         "kit_wheel": kit_wheel,
@@ -354,7 +400,9 @@ def _template_values(plan: _Plan, model_files: list[str], sha: dict[str, str], k
         "input_dir": trk.input_dir,
         "context_arg": str(out),
         "build_command": " ".join(
-            ["ai4life-kit challenge build", *(str(p) for p in paths), f"--track {trk.name}", f"--out {out}"]
+            ["ai4life-kit challenge build", *(str(p) for p in paths)]
+            + ([f"--challenge {plan.challenge.name}"] if plan.challenge.name != DEFAULT_CHALLENGE else [])
+            + [f"--track {trk.name}", f"--out {out}"]
             + (["--tta"] if tta else [])
         ),
         "channel_rule": _channel_rule(trk, plan.channels),
@@ -371,6 +419,7 @@ def _description(
         "format": CONTEXT_FORMAT,
         "name": plan.name,
         "image": f"{plan.name}:latest",
+        "challenge": plan.challenge.name,
         "track": plan.track.name,
         "models": model_files,
         "model_sha256": sha,

@@ -27,7 +27,7 @@ import numpy as np
 
 from ai4life_kit.challenge.base_image import ensure_base_image
 from ai4life_kit.challenge.context import Context, load_context
-from ai4life_kit.challenge.contract import OUTPUT_DIR, check_output, find_cases
+from ai4life_kit.challenge.contract import DEFAULT_CHALLENGE, Challenge, check_output, find_cases, output_path
 from ai4life_kit.challenge.engine import Engine, build_image, find_engine, run_container
 from ai4life_kit.challenge.runner import SUMMARY_PREFIX
 from ai4life_kit.fileio import atomic_write_text
@@ -110,21 +110,22 @@ def build_context_image(
     return base, seconds
 
 
-def _fresh_output_dir(path: Path) -> Path:
+def _fresh_output_dir(path: Path, challenge: Challenge) -> Path:
     """An empty output root the image's non-root user can write to.
 
-    The output folders are created here, owned by the caller and writable by everyone, so that
-    the caller can delete what the container's user wrote (the runner creates them when missing,
-    as on Grand Challenge).
+    ``challenge``'s output folders are created here, owned by the caller and writable by everyone,
+    so that the caller can delete what the container's user wrote (the runner creates them when
+    missing, as on Grand Challenge).
     """
     if path.exists():
         shutil.rmtree(path)
-    inner = path / OUTPUT_DIR
-    inner.mkdir(parents=True)
-    for folder in (inner, *inner.parents):
-        os.chmod(folder, 0o777)
-        if folder == path:
-            break
+    for out_dir in sorted({t.output_dir for t in challenge.tracks.values()}):
+        inner = path / out_dir
+        inner.mkdir(parents=True, exist_ok=True)
+        for folder in (inner, *inner.parents):
+            os.chmod(folder, 0o777)
+            if folder == path:
+                break
     return path
 
 
@@ -135,7 +136,7 @@ def run_direct(ctx: Context, input_root: Path, output_root: Path, timeout: float
     cmd = [sys.executable, "-m", "ai4life_kit", "challenge", "run"]
     for model in ctx.models:
         cmd += ["--model", str(ctx.path / model)]
-    cmd += ["--input-root", str(input_root), "--output-root", str(output_root)]
+    cmd += ["--input-root", str(input_root), "--output-root", str(output_root), "--challenge", ctx.challenge.name]
     if ctx.info.get("tta"):
         cmd.append("--tta")
     start = time.perf_counter()
@@ -165,16 +166,21 @@ def _range(data: np.ndarray) -> list[float]:
 
 
 def check_outputs(
-    input_root: Path, output_root: Path, summary: dict[str, Any] | None
+    input_root: Path,
+    output_root: Path,
+    summary: dict[str, Any] | None,
+    challenge: str | Challenge = DEFAULT_CHALLENGE,
 ) -> tuple[list[CaseCheck], list[str]]:
     """Check every expected output; return per-case checks and problems that belong to no case."""
     import tifffile
 
     seconds = {Path(r["input"]).name: r["seconds"] for r in (summary or {}).get("results", [])}
     checks: list[CaseCheck] = []
-    for case in find_cases(input_root):
+    outputs = []
+    for case in find_cases(input_root, challenge):
         name = f"{case.track.name}/{case.path.name}"
-        out = output_root / OUTPUT_DIR / case.output_name
+        out = output_path(output_root, case)
+        outputs.append(out.relative_to(output_root).as_posix())
         try:
             raw = tifffile.imread(case.path)
             if raw.size == 0:
@@ -199,9 +205,8 @@ def check_outputs(
             if in_span > 10 and float(denoised.max()) - float(denoised.min()) <= 1.5:
                 check.warnings.append("output spans [0, 1]-like values: was the input scale undone?")
         checks.append(check)
-    expected = {c.name.split("/", 1)[1].rsplit(".", 1)[0] + ".tif" for c in checks}
     produced = sorted(p.relative_to(output_root).as_posix() for p in output_root.rglob("*") if p.is_file())
-    extra = [p for p in produced if not (p.startswith(OUTPUT_DIR + "/") and p.split("/")[-1] in expected)]
+    extra = [p for p in produced if p not in outputs]
     problems = [f"unexpected file in the output: {p}" for p in extra]
     return checks, problems
 
@@ -219,8 +224,8 @@ def run_context_test(
     """Build and run ``path``'s image on its test inputs (or ``input_root``) and check the outputs."""
     ctx = load_context(path)
     inputs = Path(input_root) if input_root else ctx.test_input
-    find_cases(inputs)  # fail early and clearly when there is nothing to run on
-    output_root = _fresh_output_dir(ctx.path / "test" / "output")
+    find_cases(inputs, ctx.challenge)  # fail early and clearly when there is nothing to run on
+    output_root = _fresh_output_dir(ctx.path / "test" / "output", ctx.challenge)
     eng = find_engine(engine)
     if eng is not None:
         report = ContextTestReport(str(ctx.path), eng.name, eng.describe(), ctx.image)
@@ -244,7 +249,7 @@ def run_context_test(
         report.problems.append(f"the run exited with code {rc} (expected 0)")
     if summary is None:
         report.problems.append("the run printed no summary line (did the entry point start?)")
-    report.cases, extra = check_outputs(inputs, output_root, summary)
+    report.cases, extra = check_outputs(inputs, output_root, summary, ctx.challenge)
     report.problems += extra
     atomic_write_text(ctx.path / "test" / "report.json", json.dumps(report.to_dict(), indent=2) + "\n")
     return report

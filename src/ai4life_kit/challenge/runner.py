@@ -29,7 +29,15 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ai4life_kit.challenge.contract import OUTPUT_DIR, Case, axes_for, find_cases, output_path
+from ai4life_kit.challenge.contract import (
+    DEFAULT_CHALLENGE,
+    Case,
+    Challenge,
+    axes_for,
+    find_cases,
+    get_challenge,
+    output_path,
+)
 from ai4life_kit.errors import Ai4LifeKitError, DataError, ModelLoadError, OutputExistsError, UserInputError
 
 __all__ = [
@@ -145,9 +153,17 @@ def resolve_model_paths(models: Sequence[Path] | None) -> list[Path]:
     return paths
 
 
-def load_models(paths: Sequence[Path], device: str = "cpu") -> list[SupportsPredict]:
-    """Load bioimage.io zips with :class:`ai4life_kit.prediction.Predictor` and check they fit together."""
+def load_models(
+    paths: Sequence[Path], device: str = "cpu", challenge: str | Challenge = DEFAULT_CHALLENGE
+) -> list[SupportsPredict]:
+    """Load bioimage.io zips with :class:`ai4life_kit.prediction.Predictor` and check they fit ``challenge``.
+
+    MDC stacks take 2D models; CIDC25's videos take a 2D model (frame by frame) or a 3D one (time
+    read as the third axis: space-time denoising).
+    """
     from ai4life_kit.prediction import Predictor
+
+    chal = challenge if isinstance(challenge, Challenge) else get_challenge(challenge)
 
     models: list[SupportsPredict] = []
     for path in paths:
@@ -157,9 +173,13 @@ def load_models(paths: Sequence[Path], device: str = "cpu") -> list[SupportsPred
             raise
         except Exception as exc:
             raise ModelLoadError(f"cannot load model {path}: {type(exc).__name__}: {exc}") from None
-        if getattr(model, "spatial_ndim", 2) != 2:
-            raise ModelLoadError(f"model {path} is {model.spatial_ndim}D; the challenge stacks need a 2D model")
+        dims = getattr(model, "spatial_ndim", 2)
+        if dims not in chal.model_dims:
+            takes = " or ".join(f"{d}D" for d in chal.model_dims)
+            raise ModelLoadError(f"model {path} is {dims}D; {chal.name}'s stacks need a {takes} model")
         models.append(model)
+    if len(models) > 1 and any(getattr(m, "spatial_ndim", 2) == 3 for m in models):
+        raise ModelLoadError("a space-time (3D) model denoises the whole video: give one model, not one per channel")
     if len(models) > 1:
         multi = [f"{p.name} ({m.n_channels})" for p, m in zip(paths, models, strict=True) if m.n_channels != 1]
         if multi:
@@ -242,10 +262,31 @@ def _denoise_case(models: Sequence[SupportsPredict], case: Case, out: Path, resu
     axes = axes_for(case.track, _peek_shape(case.path), case.path)
     image = read_image(case.path, axes=axes)
     result.shape, result.dtype = tuple(image.data.shape), str(image.dtype)
-    denoised = denoise(models, image.data, axes, source=case.path, **options)
+    denoised = denoise(models, image.data, model_axes(models, case, image.data.shape), source=case.path, **options)
     if not np.isfinite(denoised).all():
         raise Ai4LifeKitError(f"the model produced {int((~np.isfinite(denoised)).sum())} NaN/Inf values")
     write_image(out, denoised, axes, overwrite=True)
+
+
+def model_axes(models: Sequence[SupportsPredict], case: Case, shape: tuple[int, ...]) -> str:
+    """The axes the model reads a case with: a video's ``T`` as samples (2D model) or as ``Z`` (3D model).
+
+    Raises
+    ------
+    DataError
+        A video with fewer frames than a space-time model's temporal window (its size multiple).
+    """
+    axes = case.track.axes_by_ndim[len(shape)]
+    if not case.track.temporal:
+        return axes
+    if getattr(models[0], "spatial_ndim", 2) != 3:
+        return axes.replace("T", "S")  # frame by frame, in chunks of frames
+    window = int(getattr(models[0], "multiple", 1))
+    if shape[0] < window:
+        raise DataError(
+            f"{case.path} has {shape[0]} frame(s); the space-time model needs at least {window} (its temporal window)"
+        )
+    return axes.replace("T", "Z")
 
 
 def _prepare_output(output_root: Path, outputs: list[Path], overwrite: bool) -> None:
@@ -254,13 +295,13 @@ def _prepare_output(output_root: Path, outputs: list[Path], overwrite: bool) -> 
         if existing:
             more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
             raise OutputExistsError(f"{existing[0]} already exists{more} (use --overwrite to replace)")
-    folder = Path(output_root) / OUTPUT_DIR
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserInputError(f"cannot create the output folder {folder}: {exc.strerror or exc}") from None
-    if not os.access(folder, os.W_OK):
-        raise UserInputError(f"the output folder {folder} is not writable by user id {os.getuid()}")
+    for folder in sorted({p.parent for p in outputs}):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserInputError(f"cannot create the output folder {folder}: {exc.strerror or exc}") from None
+        if not os.access(folder, os.W_OK):
+            raise UserInputError(f"the output folder {folder} is not writable by user id {os.getuid()}")
 
 
 def run_cases(
@@ -269,6 +310,7 @@ def run_cases(
     output_root: Path = DEFAULT_OUTPUT_ROOT,
     *,
     overwrite: bool = False,
+    challenge: str | Challenge = DEFAULT_CHALLENGE,
     log: Log = print,
     log_error: Log | None = None,
     **options: Any,
@@ -279,7 +321,7 @@ def run_cases(
     output exists without ``overwrite``; every other problem is recorded per case.
     """
     log_error = log_error or log
-    cases = find_cases(input_root)
+    cases = find_cases(input_root, challenge)
     outputs = [output_path(output_root, c) for c in cases]
     _prepare_output(output_root, outputs, overwrite)
     by_track = Counter(c.track.name for c in cases)
@@ -306,7 +348,8 @@ def run_cases(
         names = ", ".join(r.case.path.name for r in report.failed)
         log_error(f"{n_failed} of {len(cases)} case(s) failed: {names}")
     else:
-        log(f"all {len(cases)} case(s) written to {Path(output_root) / OUTPUT_DIR}")
+        folders = ", ".join(str(f) for f in sorted({o.parent for o in outputs}))
+        log(f"all {len(cases)} case(s) written to {folders}")
     log(SUMMARY_PREFIX + json.dumps(report.summary()))
     return report
 
@@ -315,9 +358,12 @@ def self_test(models: Sequence[SupportsPredict], log: Log = print, **options: An
     """Denoise a small random stack of odd size with every model (a build-time smoke test)."""
     rng = np.random.default_rng(0)
     n_channels = len(models) if len(models) > 1 else models[0].n_channels
-    data = rng.normal(100.0, 10.0, size=(2, n_channels, 75, 61)).astype(np.float32)
+    if getattr(models[0], "spatial_ndim", 2) == 3:  # a space-time model: a short odd-sized video, T as Z
+        data, axes = rng.normal(100.0, 10.0, size=(1, 21, 75, 61)).astype(np.float32), "CZYX"
+    else:
+        data, axes = rng.normal(100.0, 10.0, size=(2, n_channels, 75, 61)).astype(np.float32), "SCYX"
     start = time.perf_counter()
-    out = denoise(models, data, "SCYX", source="self-test stack", **options)
+    out = denoise(models, data, axes, source="self-test stack", **options)
     if out.shape != data.shape or out.dtype != np.float32 or not np.isfinite(out).all():
         raise Ai4LifeKitError(f"self-test failed: output {out.shape} {out.dtype} for input {data.shape}")
     log(f"self-test passed: {data.shape} -> {out.shape} float32 in {time.perf_counter() - start:.2f} s")

@@ -23,6 +23,10 @@ app = new_app(
 
 _ENGINE_HELP = "Container engine: auto (docker with a daemon, else podman), docker, podman or none."
 _BASE_HELP = "Base image to build on (default: podman bootstraps Debian bookworm's Python once; docker pulls python:3.11-slim-bookworm)."  # noqa: E501
+_CHALLENGE_HELP = (
+    "mdc24 (Microscopy Denoising Challenge 2024), mdc25 (its supervised 2025 edition) or cidc25 (Calcium Imaging "
+    "Denoising Challenge 2025: (T, Y, X) videos; a 2D model runs frame by frame, a 3D one over space and time)."
+)
 
 
 def _say(message: str) -> None:
@@ -43,10 +47,17 @@ def build(
             show_default=False,
         ),
     ],
-    track: Annotated[
-        str, typer.Option("--track", "-t", help="structured ((S, Y, X) stacks) or unstructured ((S, C, Y, X)).")
-    ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the build context (created).")],
+    track: Annotated[
+        str | None,
+        typer.Option(
+            "--track",
+            "-t",
+            help="MDC24: structured ((S, Y, X) stacks) or unstructured ((S, C, Y, X)); the 2025 challenges have "
+            "one track each (default).",
+        ),
+    ] = None,
+    challenge: Annotated[str, typer.Option("--challenge", "-c", help=_CHALLENGE_HELP)] = "mdc24",
     name: Annotated[str | None, typer.Option(help="Image and archive name (default: the --out folder's name).")] = None,
     tta: Annotated[
         bool, typer.Option("--tta", help="Bake test-time augmentation in (8 flips/rotations; 4 flips for structN2V).")
@@ -61,9 +72,17 @@ def build(
     from ai4life_kit.challenge.context import render_context
 
     ctx = render_context(
-        models, track.strip().lower(), out, name=name, overwrite=overwrite, tta=tta, torch_wheel=torch_wheel, log=_say
+        models,
+        track.strip().lower() if track else None,
+        out,
+        challenge=challenge,
+        name=name,
+        overwrite=overwrite,
+        tta=tta,
+        torch_wheel=torch_wheel,
+        log=_say,
     )
-    _say(f"Build context for {ctx.image} ({ctx.track} track) written to {ctx.path}")
+    _say(f"Build context for {ctx.image} ({ctx.challenge.name}, {ctx.track} track) written to {ctx.path}")
     _say(f"Next: ai4life-kit challenge test {ctx.path}   then: ai4life-kit challenge save {ctx.path}")
 
 
@@ -128,10 +147,12 @@ def run(
             show_default=False,
         ),
     ] = None,
-    input_root: Annotated[Path, typer.Option(help="Folder holding images/image-stack-*-noise/.")] = Path("/input"),
-    output_root: Annotated[Path, typer.Option(help="Outputs go to OUTPUT_ROOT/images/image-stack-denoised/.")] = Path(
-        "/output"
-    ),
+    input_root: Annotated[
+        Path, typer.Option(help="Folder holding inputs.json or the challenge's images/<input folder>/.")
+    ] = Path("/input"),
+    output_root: Annotated[
+        Path, typer.Option(help="Outputs go to OUTPUT_ROOT/images/<the challenge's output folder>/.")
+    ] = Path("/output"),
     device: Annotated[str, typer.Option(help="cpu, cuda, mps or auto.")] = "cpu",
     tile: Annotated[str | None, typer.Option(help="Network input tile, e.g. 512,512 (default: 512).")] = None,
     tta: Annotated[
@@ -142,21 +163,29 @@ def run(
     self_test: Annotated[
         bool, typer.Option("--self-test", help="Only load the model(s) and denoise a small random stack.")
     ] = False,
+    challenge: Annotated[str, typer.Option("--challenge", "-c", help=_CHALLENGE_HELP)] = "mdc24",
 ) -> None:
-    """Denoise every challenge input (both tracks) into float32 TIFFs of the input's shape; exit 1 if any fails."""
+    """Denoise every input of the challenge into float32 TIFFs of the input's shape; exit 1 if any fails."""
     from ai4life_kit.challenge import runner
     from ai4life_kit.cli._options import parse_sizes
 
     options = {"tile": parse_sizes(tile, "--tile"), "tta": tta, "batch_size": batch_size}
     paths = runner.resolve_model_paths(model)
-    models = runner.load_models(paths, device)
+    models = runner.load_models(paths, device, challenge)
     _say(runner.environment_line(paths, models, device))
     if self_test:
         runner.self_test(models, log=_say, **options)
         return
     _say(f"input root {input_root}, output root {output_root}")
     report = runner.run_cases(
-        models, input_root, output_root, overwrite=overwrite, log=_say, log_error=_say_err, **options
+        models,
+        input_root,
+        output_root,
+        overwrite=overwrite,
+        challenge=challenge,
+        log=_say,
+        log_error=_say_err,
+        **options,
     )
     if report.exit_code:
         raise typer.Exit(report.exit_code)

@@ -46,6 +46,20 @@ def _table(result: dict[str, Any]) -> Any:
     return table
 
 
+def _video_table(result: dict[str, Any]) -> Any:
+    from rich.table import Table
+
+    from ai4life_kit.evaluation import VIDEO_COLUMNS
+
+    table = Table(title=f"{result['n_images']} video(s), stSNR alpha {result['alpha']:g}: {result['prediction']}")
+    table.add_column("video")
+    for _, title, _ in VIDEO_COLUMNS:
+        table.add_column(title, justify="right")
+    for img in [*result["images"], {"name": "mean", "mean": result["mean"]}]:
+        table.add_row(img["name"], *[fmt.format(img["mean"][key]) for key, _, fmt in VIDEO_COLUMNS])
+    return table
+
+
 def _calibration_table(cal: dict[str, Any]) -> Any:
     from rich.table import Table
 
@@ -93,6 +107,21 @@ def evaluate(
             "PRED_DIR/uncertainty/reliability.png.",
         ),
     ] = False,
+    metric: Annotated[
+        str,
+        typer.Option(
+            "--metric",
+            help="standard: PSNR, SI-PSNR, SSIM, MS-SSIM (MDC); stsnr: CIDC25's stSNR of (T, Y, X) videos (alpha x "
+            "spatial SNR per frame + (1 - alpha) x temporal SNR per pixel trace, in dB) and PSNR with the 3rd-97th "
+            "percentile range of the ground truth.",
+        ),
+    ] = "standard",
+    alpha: Annotated[
+        float | None,
+        typer.Option(
+            min=0.0, max=1.0, help="--metric stsnr: weight of the spatial SNR (default 0.5; CIDC25's is not published)."
+        ),
+    ] = None,
     calibration: Annotated[
         Path | None,
         typer.Option(
@@ -118,13 +147,20 @@ def evaluate(
 
     from rich.console import Console
 
+    from ai4life_kit.errors import UserInputError
     from ai4life_kit.evaluation import evaluate_folders, json_safe, preview
     from ai4life_kit.fileio import atomic_write_text, check_writable
 
+    metric = metric.strip().lower()
+    if metric not in ("standard", "stsnr"):
+        raise typer.BadParameter(f"{metric!r} is not one of standard, stsnr", param_hint="--metric")
+    if alpha is not None and metric != "stsnr":
+        raise UserInputError("--alpha weighs stSNR's parts: add --metric stsnr")
+    if uncertainty and metric == "stsnr":
+        raise UserInputError("--uncertainty checks images with the standard metrics; leave out --metric stsnr")
     plot = None
     factors = None
     if calibration is not None:
-        from ai4life_kit.errors import UserInputError
         from ai4life_kit.training.calibration import read_calibration
 
         if not uncertainty:
@@ -139,8 +175,8 @@ def evaluate(
         check_writable(plot, overwrite)
     if json_file is not None:
         check_writable(json_file, overwrite)  # fail before the (possibly long) scoring
-    result = evaluate_folders(pred_dir, gt, axes)
-    Console().print(_table(result))
+    result = evaluate_folders(pred_dir, gt, axes, metric, alpha)
+    Console().print(_video_table(result) if metric == "stsnr" else _table(result))
     if plot is not None:
         from ai4life_kit.evaluation import evaluate_uncertainty
         from ai4life_kit.panels import write_reliability_plot
