@@ -178,3 +178,15 @@ def test_evaluate_stsnr_scores_videos_as_cidc25_does(tmp_path):
     write_stack(tmp_path / "pred2" / "v.tif", np.ones((2, 20, 32, 32), np.float32))
     four = invoke("evaluate", tmp_path / "pred2", "--gt", tmp_path / "gt2", "--axes", "CTYX", "--metric", "stsnr")
     assert four.exit_code == 2 and "Traceback" not in four.stderr and "(T, Y, X)" in four.stderr
+
+
+def test_predict_says_how_a_video_goes_through_a_space_time_model(tmp_path, packages):
+    from kit_helpers import invoke
+
+    path, video = _video(tmp_path / "in", "v.tif", (8, 40, 36))
+    tifffile.imwrite(path, video, metadata={"axes": "TYX"})
+    result = invoke("predict", packages[3], path, "--out", tmp_path / "den", "-q")
+    assert result.exit_code == 2 and "read T as Z: --axes ZYX" in result.stderr
+    again = invoke("predict", packages[3], path, "--out", tmp_path / "den", "--axes", "ZYX", "-q")
+    assert again.exit_code == 0, again.stderr
+    assert tifffile.imread(tmp_path / "den" / "v.tif").shape == video.shape

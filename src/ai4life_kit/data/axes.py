@@ -67,7 +67,9 @@ class Layout:
     def of(cls, shape: tuple[int, ...], axes: str, spatial_ndim: int) -> Layout:
         axes = validate_axes(axes, len(shape))
         if spatial_ndim == 3 and "Z" not in axes:
-            raise DataError(f"a 3D model needs a Z axis, but the image axes are {axes!r}")
+            # A video (T, Y, X) goes through a space-time model with its T read as Z (cidc25-n2v2-st.yaml).
+            hint = f"; to denoise over time, read T as Z: --axes {axes.replace('T', 'Z')}" if "T" in axes else ""
+            raise DataError(f"a 3D model needs a Z axis, but the image axes are {axes!r}{hint}")
         return cls(axes, tuple(shape), spatial_ndim)
 
     @property
