@@ -56,7 +56,7 @@ def train(
             min=2,
             metavar="K",
             help="Train K members with seeds seed..seed+K-1 into OUT/member-1..K, one after another; "
-            "predict then gives their mean and writes their spread to OUT/uncertainty/.",
+            "predict then writes their mean, and their spread into its own OUT/uncertainty/.",
         ),
     ] = None,
     resume: Annotated[
