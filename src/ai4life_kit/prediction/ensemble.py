@@ -115,18 +115,19 @@ class EnsemblePredictor:
         means, _ = self.member_predictions(array, axes, **options)
         return means.mean(axis=0, dtype=np.float64).astype(np.float32)
 
-    def predict_with_uncertainty(
-        self, array: np.ndarray, axes: str, **options: Any
-    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """The ensemble mean and its uncertainty maps (module docstring), each shaped as ``array``."""
-        means, scales = self.member_predictions(array, axes, **options)
+    @staticmethod
+    def combine(means: np.ndarray, scales: np.ndarray | None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """The ensemble mean and its uncertainty maps (module docstring) from :meth:`member_predictions`."""
         mean = means.mean(axis=0, dtype=np.float64).astype(np.float32)
         if scales is None:
             return mean, {"std": means.std(axis=0, ddof=1, dtype=np.float64).astype(np.float32)}
         return mean, {"scale": ensemble_scale(means, scales), "disagreement": ensemble_disagreement(means, scales)}
 
-    def require_probabilistic(self) -> None:
-        """Every ensemble has uncertainty maps (its spread): nothing to refuse."""
+    def predict_with_uncertainty(
+        self, array: np.ndarray, axes: str, **options: Any
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """The ensemble mean and its uncertainty maps (module docstring), each shaped as ``array``."""
+        return self.combine(*self.member_predictions(array, axes, **options))
 
     def predict_to(self, *args: Any, **kwargs: Any) -> Path:
         raise UserInputError("an ensemble predicts in memory, one image at a time: leave out --out-of-core and Zarr")

@@ -70,8 +70,8 @@ import numpy as np
 from scipy import ndimage as ndi
 from scipy import signal
 
-from ai4life_kit.errors import OutputExistsError, UserInputError
-from ai4life_kit.simulate.dataset import MARKER_FILE, MIN_SIDE, _available_memory, _gib, _is_simulation
+from ai4life_kit.errors import UserInputError
+from ai4life_kit.simulate.dataset import MARKER_FILE, MIN_SIDE, _available_memory, _gib, check_replaceable
 from ai4life_kit.simulate.images import DEFAULT_OFFSET, parse_shape
 
 __all__ = [
@@ -619,11 +619,7 @@ def simulate_calcium_dataset(
             f"{n} simulated {'x'.join(map(str, shape))} video(s) need {_gib(need_disk)} on {mount_point(out_dir)} "
             f"and {_gib(free)} is free: choose a smaller --shape or --n, or another folder"
         )
-    if out_dir.is_dir() and any(out_dir.iterdir()):
-        if not overwrite:
-            raise OutputExistsError(f"{out_dir} already exists (use --overwrite to replace it)")
-        if not _is_simulation(out_dir):
-            raise OutputExistsError(f"{out_dir} exists and was not created by ai4life-kit; refusing to delete it")
+    check_replaceable(out_dir, overwrite)
     # Written under a temporary name and renamed when complete: a failure, Ctrl-C or kill leaves no
     # half-made folder (and, with overwrite, the old simulation in place).
     with atomic_folder(out_dir, overwrite=True) as staging:

@@ -92,6 +92,15 @@ def _write_uint16(path: Path, data: np.ndarray, axes: str) -> None:
     write_image(path, data, axes, overwrite=False, dtype=np.uint16)
 
 
+def check_replaceable(out_dir: Path, overwrite: bool) -> None:
+    """Refuse an output folder that holds anything, unless ``overwrite`` and a simulation wrote it."""
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        if not overwrite:
+            raise OutputExistsError(f"{out_dir} already exists (use --overwrite to replace it)")
+        if not _is_simulation(out_dir):
+            raise OutputExistsError(f"{out_dir} exists and was not created by ai4life-kit; refusing to delete it")
+
+
 def _is_simulation(path: Path) -> bool:
     return (path / MARKER_FILE).is_file()
 
@@ -162,11 +171,7 @@ def simulate_dataset(
     n, seed = int(n), int(seed)
     out_dir = Path(out_dir)
     _check_resources(shape, n, pairs, out_dir)
-    if out_dir.is_dir() and any(out_dir.iterdir()):
-        if not overwrite:
-            raise OutputExistsError(f"{out_dir} already exists (use --overwrite to replace it)")
-        if not _is_simulation(out_dir):
-            raise OutputExistsError(f"{out_dir} exists and was not created by ai4life-kit; refusing to delete it")
+    check_replaceable(out_dir, overwrite)
     # Written under a temporary name and renamed when complete: a failure, Ctrl-C or kill at any
     # moment leaves no half-made folder (and, with --overwrite, the old simulation in place).
     with atomic_folder(out_dir, overwrite=True) as staging:

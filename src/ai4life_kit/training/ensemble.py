@@ -44,7 +44,7 @@ def _member_spec(spec: TrainingSpec, index: int) -> TrainingSpec:
 
 def _finished(run: Path, spec: TrainingSpec) -> bool:
     """Whether member ``run`` completed its epochs (or stopped early) in an earlier session."""
-    summary = read_summary(run) if (run / "training_summary.json").is_file() else {}
+    summary = read_summary(run)  # {} without one
     return bool(summary.get("early_stopped")) or int(summary.get("epochs_run") or 0) >= spec.training.epochs
 
 
