@@ -16,7 +16,7 @@ SRC = Path(__file__).parents[1] / "src"
 # Lower layers never import higher ones (docs/architecture.md, "Modules ..., bottom layer first").
 LAYERS = [
     {"errors", "locks", "fileio", "runtime"},
-    {"config", "models", "data", "metrics", "metrics_temporal", "laplace", "panels", "package_rdf"},
+    {"config", "models", "data", "metrics", "metrics_temporal", "laplace", "panels", "package_rdf", "baselines"},
     {"simulate", "rundir", "evaluation"},
     {"prediction"},
     {"training", "export"},
