@@ -618,6 +618,7 @@ def run_careamics(job: dict[str, Any]) -> dict[str, Any]:
             self.epoch_batches: list[int] = []
             self.snapshot_due = False
             self.steps_train_s: float | None = None
+            self.early_stop_step: int | None = None
 
         def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
             self._take_snapshot(trainer)
@@ -639,6 +640,11 @@ def run_careamics(job: dict[str, Any]) -> dict[str, Any]:
                 trainer.should_stop = True
 
         def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+            if self.steps_train_s is None:
+                # CAREamics' own early stopping ended the run before the step budget: what its
+                # user gets is the checkpoint it stopped with, so that is what is scored.
+                self.early_stop_step = trainer.global_step
+                self.snapshot_due, self.steps_train_s = True, clock.train_s()
             self._take_snapshot(trainer)
 
         def _take_snapshot(self, trainer: Any) -> None:
@@ -681,6 +687,7 @@ def run_careamics(job: dict[str, Any]) -> dict[str, Any]:
         "torchvision_ops_stubbed": shimmed,
         "curve": bench.curve,
         "steps_train_s": bench.steps_train_s,
+        "early_stop_step": bench.early_stop_step,
         "patches_per_s": statistics.median(bench.rates[1:] or bench.rates),
         "epoch_batches": sorted(set(bench.epoch_batches)),
         "image_copies_per_epoch": copies,
@@ -1223,8 +1230,22 @@ def seed_summary(report: dict[str, Any]) -> list[str]:
         "|---|---|---|---|---|---|---|---|",
         *rows,
         "",
+        *_early_stops(report),
         *_n2v2_vs_n2v(report),
     ]
+
+
+def _early_stops(report: dict[str, Any]) -> list[str]:
+    """The CAREamics runs its own early stopping ended before the step budget (scored as they stopped)."""
+    stops = [
+        f"{name} {alg.upper()} seed {e.get('seed')}: step {e['runs']['careamics']['early_stop_step']}"
+        for (name, alg), entries in _settings(report).items()
+        for e in entries
+        if (e["runs"].get("careamics") or {}).get("early_stop_step") is not None
+    ]
+    if not stops:
+        return []
+    return ["CAREamics' early stopping ended these runs before the step budget: " + "; ".join(stops) + ".", ""]
 
 
 def _n2v2_vs_n2v(report: dict[str, Any]) -> list[str]:
