@@ -38,6 +38,7 @@ from ai4life_kit.fileio import atomic_write_text
 __all__ = [
     "BEST_CHECKPOINT",
     "CALIBRATION_FILE",
+    "PAIRS_PLOT",
     "ENSEMBLE_MARKER",
     "CHECKPOINT_DIR",
     "FORMAT_VERSION",
@@ -83,6 +84,8 @@ LOSS_PLOT = "loss.png"
 SUMMARY_FILE = "training_summary.json"
 CALIBRATION_FILE = "uncertainty_calibration.json"
 """Probabilistic runs: per-level interval factors fitted on the validation split (training.calibration)."""
+PAIRS_PLOT = "training_pairs.png"
+"""Restoration tasks: example training pairs (input made by the degradation model | target)."""
 RUN_ENTRIES = (
     RUN_MARKER,
     SPEC_FILE,
@@ -92,6 +95,7 @@ RUN_ENTRIES = (
     LOSS_PLOT,
     SUMMARY_FILE,
     CALIBRATION_FILE,
+    PAIRS_PLOT,
 )
 """Everything training writes at the top of a run directory, and so all that --overwrite deletes."""
 

@@ -13,7 +13,7 @@ from ai4life_kit.cli._options import parse_sizes
 
 if TYPE_CHECKING:
     from ai4life_kit.data.sources import ImageSource
-    from ai4life_kit.prediction import EnsemblePredictor, Predictor
+    from ai4life_kit.prediction import EnsemblePredictor, Predictor, RestorationPredictor
 
 __all__ = ["predict"]
 
@@ -28,7 +28,7 @@ def _output_name(src: Path, fmt: str) -> str:
     return f"{stem}.{fmt}"
 
 
-def _map_kinds(predictor: Predictor | EnsemblePredictor) -> list[str]:
+def _map_kinds(predictor: Predictor | EnsemblePredictor | RestorationPredictor) -> list[str]:
     """The uncertainty maps a model gives (:data:`ai4life_kit.evaluation.UNCERTAINTY_MAPS`), first the panel's."""
     from ai4life_kit.prediction import EnsemblePredictor
 
@@ -51,7 +51,7 @@ def _uncertainty_outputs(out: Path, src: Path, kinds: list[str]) -> tuple[dict[s
 
 
 def _predict_in_memory(
-    predictor: Predictor | EnsemblePredictor,
+    predictor: Predictor | EnsemblePredictor | RestorationPredictor,
     source: ImageSource,
     src: Path,
     dst: Path,
@@ -65,8 +65,10 @@ def _predict_in_memory(
     """
     import numpy as np
 
+    from ai4life_kit.data.pixel_size import read_pixel_size
     from ai4life_kit.data.tiff_io import read_image, write_image
     from ai4life_kit.errors import Ai4LifeKitError, DataError
+    from ai4life_kit.prediction import RestorationPredictor
     from ai4life_kit.prediction.streaming import create_output
 
     try:
@@ -76,6 +78,9 @@ def _predict_in_memory(
                 raise DataError(f"{src} contains NaN or Inf pixels")
         else:
             data = read_image(src, source.axes, predictor.spatial_ndim).data
+        pixel_size = None
+        if isinstance(predictor, RestorationPredictor):  # resampled: the new sampling goes into the metadata
+            pixel_size = predictor.output_pixel_size(read_pixel_size(src))
         if uncertainty is None:
             result = predictor.predict(data, source.axes, **kwargs)
         else:
@@ -97,7 +102,7 @@ def _predict_in_memory(
             with create_output(dst, result.shape, source.axes, overwrite) as target:
                 target.write(tuple(slice(0, n) for n in result.shape), result)
         else:
-            write_image(dst, result, source.axes, overwrite=overwrite)
+            write_image(dst, result, source.axes, overwrite=overwrite, pixel_size=pixel_size)
     except (MemoryError, RuntimeError) as exc:
         # numpy raises MemoryError, torch's CPU allocator a RuntimeError saying so
         if isinstance(exc, RuntimeError) and "can't allocate memory" not in str(exc):
@@ -194,6 +199,9 @@ def predict(
 ) -> None:
     """Denoise images; outputs are float32 images with the input's shape, axes and intensity units.
 
+    Super-resolution models write outputs their factor larger in Y and X, isotropic models volumes
+    resampled along Z to the lateral pixel size; both record the new pixel size in the TIFF.
+
     With --uncertainty, a probabilistic model also writes its per-pixel uncertainty (see the option);
     an ensemble writes its members' mean and, by default, their spread.
     The maps say where the network is unsure; do not use them, or the outputs, for intensity-based
@@ -211,7 +219,7 @@ def predict(
     from ai4life_kit.data.sources import ChunkCache, open_source
     from ai4life_kit.data.tiff_io import resolve_inputs
     from ai4life_kit.fileio import check_writable
-    from ai4life_kit.prediction import EnsemblePredictor, load_model
+    from ai4life_kit.prediction import EnsemblePredictor, RestorationPredictor, load_model
     from ai4life_kit.prediction.onnx_engine import ENGINES
     from ai4life_kit.prediction.predictor import STREAM_ABOVE_BYTES
     from ai4life_kit.prediction.tiling import BORDERS
@@ -238,6 +246,13 @@ def predict(
         check_writable(dst, overwrite)
     predictor = load_model(model, device)
     ensemble = isinstance(predictor, EnsemblePredictor)
+    resampling = isinstance(predictor, RestorationPredictor)
+    if resampling and (out_of_core or "zarr" in formats):
+        task = predictor.task.kind.replace("_", "-")
+        raise typer.BadParameter(
+            f"{task} models predict in memory into TIFFs; leave out --out-of-core and Zarr outputs",
+            param_hint="--out-of-core" if out_of_core else "--format",
+        )
     if uncertainty is None:
         uncertainty = ensemble and not out_of_core and "zarr" not in formats
     kinds = _map_kinds(predictor) if uncertainty else []
@@ -273,6 +288,7 @@ def predict(
                     streamed = (
                         scale_dst is None
                         and not ensemble
+                        and not resampling
                         and (out_fmt == "zarr" or is_zarr_path(src) or size * 4 > STREAM_ABOVE_BYTES)
                     )
                 task = bar.add_task(src.name, total=predictor.n_tiles(source.shape, source.axes, tile_sizes))

@@ -48,6 +48,22 @@ def train(
             show_default=False,
         ),
     ] = None,
+    anisotropy: Annotated[
+        int | None,
+        typer.Option(
+            min=2,
+            help="Isotropic recipes (task.kind: isotropic): the axial step over the lateral pixel size of --data "
+            "(overrides task.factor).",
+        ),
+    ] = None,
+    semi_synthetic: Annotated[
+        bool,
+        typer.Option(
+            "--semi-synthetic",
+            help="Restoration recipes: make the inputs from the clean --data with the recipe's task.degradation "
+            "(PSF blur, subsampling, noise) instead of reading --target.",
+        ),
+    ] = False,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
     seed: Annotated[int | None, typer.Option(help="Override training.seed.")] = None,
     ensemble: Annotated[
@@ -75,7 +91,12 @@ def train(
     ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
-    """Train a U-Net denoiser (N2V, N2V2, structN2V, Noise2Noise or CARE) and write a run directory."""
+    """Train a U-Net (N2V, N2V2, structN2V, Noise2Noise or CARE) and write a run directory.
+
+    CARE recipes with a task also restore resolution: super-resolution (model_specs/care-sr2x.yaml),
+    isotropic reconstruction (care-isotropic.yaml, --anisotropy) and deconvolution (care-deconv-2d.yaml),
+    from real pairs or from semi-synthetic ones made of the clean --data.
+    """
     import time
 
     from rich.console import Console
@@ -112,6 +133,16 @@ def train(
         ("data", "loading"): loading,
         ("training", "compile"): compile_model,
     }
+    kind = raw["task"]["kind"]
+    if anisotropy is not None:
+        if kind != "isotropic":
+            raise UserInputError(f"--anisotropy is for isotropic recipes; {spec} has task.kind {kind!r}")
+        overrides["task", "factor"] = anisotropy
+    if semi_synthetic:
+        if kind in ("denoise", "isotropic"):
+            why = "makes its pairs from --data anyway" if kind == "isotropic" else "is for restoration recipes"
+            raise UserInputError(f"--semi-synthetic {why}; {spec} has task.kind {kind!r}")
+        overrides["task", "semi_synthetic"] = True
     for (section, key), value in overrides.items():
         if value is not None:
             raw[section][key] = value

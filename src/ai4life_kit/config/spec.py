@@ -20,12 +20,16 @@ __all__ = [
     "ModelConfig",
     "DataConfig",
     "TrainingConfig",
+    "DegradationConfig",
+    "TaskConfig",
+    "TASKS",
     "TrainingSpec",
     "SELF_SUPERVISED",
 ]
 
 SPEC_VERSION = 1
 SELF_SUPERVISED = ("n2v", "n2v2", "structn2v")
+TASKS = ("denoise", "super_resolution", "isotropic", "deconvolution")
 
 
 class _Strict(BaseModel):
@@ -168,6 +172,62 @@ class TrainingConfig(_Strict):
     seed: int = 42
 
 
+class DegradationConfig(_Strict):
+    """The computational microscope that makes semi-synthetic training inputs from clean data.
+
+    CARE (Weigert et al. 2018) trains on pairs made from the user's own images: the clean (or
+    high-SNR) image is the target, and this model of the acquisition makes the matching input.
+    Sizes are in pixels of the clean image.
+    """
+
+    psf_sigma: Annotated[float, Field(ge=0, le=20)] = 0.0
+    """Gaussian PSF sigma: lateral (Y and X) for super-resolution and deconvolution; along the
+    subsampled axis for isotropic reconstruction (the axial PSF, seen in a lateral slice)."""
+    peak: Annotated[float, Field(gt=0)] | None = None
+    """Photons at the clean image's 99.9th percentile: Poisson noise at that level (null: none added,
+    for data that are already as noisy as the inputs will be)."""
+    read_noise: Annotated[float, Field(ge=0)] = 0.0
+    """Gaussian read noise, in photons (with ``peak`` only)."""
+
+
+class TaskConfig(_Strict):
+    """What the network restores: noise only, or also resolution (CARE's other tasks)."""
+
+    kind: Literal["denoise", "super_resolution", "isotropic", "deconvolution"] = "denoise"
+    """`super_resolution`: output ``factor`` times larger in Y and X (joint denoising); `isotropic`:
+    a 2D network on the XZ and YZ slices makes a volume with an axial step ``factor`` times its
+    pixel size isotropic; `deconvolution`: targets without the PSF blur."""
+    factor: Annotated[int, Field(ge=1, le=16)] = 1
+    """Super-resolution: output over input size in Y and X. Isotropic: the axial step over the
+    lateral pixel size (the anisotropy, ``--anisotropy``)."""
+    semi_synthetic: bool = False
+    """Make the inputs from the clean ``--data`` with ``degradation`` (no ``--target``). Isotropic
+    reconstruction always does (its targets are the volume's lateral slices)."""
+    degradation: DegradationConfig = DegradationConfig()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TaskConfig:
+        if self.kind == "denoise" and (self.factor != 1 or self.semi_synthetic):
+            raise ValueError("task.factor and task.semi_synthetic belong to restoration tasks, not to 'denoise'")
+        if self.kind in ("super_resolution", "isotropic") and self.factor < 2:
+            raise ValueError(f"task.kind {self.kind!r} needs task.factor >= 2, got {self.factor}")
+        if self.kind == "deconvolution" and self.factor != 1:
+            raise ValueError("task.factor must be 1 for deconvolution (the output keeps the input's size)")
+        if self.kind == "deconvolution" and self.semi_synthetic and self.degradation.psf_sigma == 0:
+            raise ValueError("semi-synthetic deconvolution needs task.degradation.psf_sigma > 0")
+        return self
+
+    @property
+    def makes_pairs(self) -> bool:
+        """The inputs are made from ``--data`` by the degradation model (no ``--target``)."""
+        return self.kind == "isotropic" or self.semi_synthetic
+
+    @property
+    def output_scale(self) -> int:
+        """Output over input size in Y and X (super-resolution), else 1."""
+        return self.factor if self.kind == "super_resolution" else 1
+
+
 class TrainingSpec(_Strict):
     """A complete training recipe."""
 
@@ -178,6 +238,7 @@ class TrainingSpec(_Strict):
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
     training: TrainingConfig = TrainingConfig()
+    task: TaskConfig = TaskConfig()
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainingSpec:
@@ -195,6 +256,11 @@ class TrainingSpec(_Strict):
             raise ValueError(f"model.residual must be false for {self.algorithm.name} (the blind spot would leak)")
         if isinstance(self.algorithm, StructN2VAlgorithm) and self.algorithm.struct_mask.axis == "z" and dims == 2:
             raise ValueError("algorithm.struct_mask.axis is 'z' but data.dims is 2")
+        if self.task.kind != "denoise":
+            if self.algorithm.name != "care":
+                raise ValueError(f"task.kind {self.task.kind!r} trains CARE (algorithm.name: care)")
+            if self.task.kind in ("super_resolution", "isotropic") and dims != 2:
+                raise ValueError(f"task.kind {self.task.kind!r} uses a 2D network (data.dims: 2)")
         if self.data.axes is not None:
             if dims == 3 and "Z" not in self.data.axes:
                 raise ValueError(f"data.axes {self.data.axes!r} has no Z axis but data.dims is 3")

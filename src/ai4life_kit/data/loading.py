@@ -134,6 +134,7 @@ def load_training_set(
     axes: str | None = None,
     loading: str = "memory",
     cache_mb: int = 512,
+    target_scale: int = 1,
 ) -> TrainingSet:
     """Open every input (and target) file, check that they fit together, and load or keep them lazy.
 
@@ -149,6 +150,8 @@ def load_training_set(
         ``memory``, ``lazy`` or ``auto`` (lazy above :data:`AUTO_LAZY_BYTES`).
     cache_mb
         Decoded-chunk cache for lazily read Zarr / compressed TIFF data.
+    target_scale
+        Targets are this many times larger than their inputs in Y and X (super-resolution pairs).
 
     Raises
     ------
@@ -177,10 +180,12 @@ def load_training_set(
             if target_paths is not None:
                 tgt = open_source(target_paths[i], axes, spatial_ndim, cache)
                 opened.append(tgt)
-                if tgt.shape != src.shape:
+                expected = tuple(n * target_scale if a in "YX" else n for a, n in zip(src.axes, src.shape, strict=True))
+                if tgt.shape != expected:
+                    scaled = f" ({target_scale}x larger in Y and X: {expected})" if target_scale > 1 else ""
                     raise DataError(
                         f"target {target_paths[i].name} has shape {tgt.shape} "
-                        f"but input {path.name} has shape {src.shape}"
+                        f"but input {path.name} has shape {src.shape}{scaled}"
                     )
                 targets.append(CanonicalView(tgt, spatial_ndim))
                 target_axes.append(tgt.axes)

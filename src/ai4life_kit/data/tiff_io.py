@@ -19,6 +19,7 @@ import tifffile
 
 from ai4life_kit.data.axes import resolve_axes, validate_axes
 from ai4life_kit.data.formats import FROM_TIFFFILE, TIFF_SUFFIXES, TO_TIFFFILE, is_zarr_path
+from ai4life_kit.data.pixel_size import PixelSize
 from ai4life_kit.errors import DataError
 from ai4life_kit.fileio import atomic_path
 
@@ -130,21 +131,28 @@ def read_image(path: Path, axes: str | None = None, spatial_ndim: int = 2) -> Im
 
 
 def write_image(
-    path: Path, data: np.ndarray, axes: str, overwrite: bool = False, dtype: np.dtype | type = np.float32
+    path: Path,
+    data: np.ndarray,
+    axes: str,
+    overwrite: bool = False,
+    dtype: np.dtype | type = np.float32,
+    pixel_size: PixelSize | None = None,
 ) -> None:
     """Write ``data`` as a TIFF (float32 unless ``dtype`` says otherwise) with ``axes`` metadata, atomically.
 
     A resolution unit of CENTIMETER is written because some consumers (Grand Challenge)
-    reject TIFFs whose unit is NONE, which is tifffile's default.
+    reject TIFFs whose unit is NONE, which is tifffile's default. ``pixel_size``: record it
+    (resolution tags, ``spacing`` and ``unit``; :mod:`ai4life_kit.data.pixel_size`).
     """
     axes = validate_axes(axes, data.ndim)
     tf_axes = "".join(TO_TIFFFILE[a] for a in axes)
+    physical = pixel_size.tiff_arguments() if pixel_size is not None else {"resolution": (1.0, 1.0), "metadata": {}}
     with atomic_path(Path(path), overwrite) as tmp:
         tifffile.imwrite(
             tmp,
             np.ascontiguousarray(data, dtype=dtype),
-            metadata={"axes": tf_axes},
-            resolution=(1.0, 1.0),
+            metadata={"axes": tf_axes, **physical["metadata"]},
+            resolution=physical["resolution"],
             resolutionunit="CENTIMETER",
             photometric="minisblack",
         )

@@ -126,6 +126,11 @@ class UNet(nn.Module):
         output (probabilistic CARE, Weigert et al. 2018): the output has ``2 * out_channels``
         channels, the means first, then the scales (softplus plus :data:`SCALE_FLOOR`, so always
         positive). The residual, if any, is added to the means only.
+    upsample_factor
+        Super-resolution (2D): interpolate the input bilinearly by this factor in Y and X first
+        (``align_corners=False``), so the output is ``upsample_factor`` times larger. Training
+        feeds already interpolated inputs to the same network with factor 1; packages set it, so
+        that consumers give the network the low-resolution image. No weights of its own.
     """
 
     def __init__(
@@ -139,13 +144,17 @@ class UNet(nn.Module):
         n2v2: bool = False,
         residual: bool = False,
         probabilistic: bool = False,
+        upsample_factor: int = 1,
     ) -> None:
         super().__init__()
         if dims not in (2, 3):
             raise ValueError(f"dims must be 2 or 3, got {dims}")
         if residual and in_channels != out_channels:
             raise ValueError("a residual U-Net needs in_channels == out_channels")
+        if upsample_factor < 1 or (upsample_factor > 1 and dims != 2):
+            raise ValueError(f"upsample_factor must be >= 1 and needs dims 2, got {upsample_factor} with dims {dims}")
         self.dims = dims
+        self.upsample_factor = float(upsample_factor)
         self.depth = depth
         self.n2v2 = n2v2
         self.residual = residual
@@ -176,6 +185,9 @@ class UNet(nn.Module):
         self.head = _conv(dims, width, out_channels * (2 if probabilistic else 1), 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.upsample_factor > 1.0:
+            f = self.upsample_factor
+            x = torch.ops.aten.upsample_bilinear2d(x, None, False, [f, f])
         skips: list[torch.Tensor] = []
         h = x
         for encoder in self.encoders:

@@ -2,5 +2,6 @@
 
 from ai4life_kit.prediction.ensemble import EnsemblePredictor, load_model
 from ai4life_kit.prediction.predictor import Predictor
+from ai4life_kit.prediction.restoration import RestorationPredictor
 
-__all__ = ["EnsemblePredictor", "Predictor", "load_model"]
+__all__ = ["EnsemblePredictor", "Predictor", "RestorationPredictor", "load_model"]

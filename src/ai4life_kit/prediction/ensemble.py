@@ -22,12 +22,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from ai4life_kit.config.spec import TaskConfig
 from ai4life_kit.errors import ModelLoadError, UserInputError
 from ai4life_kit.laplace import ensemble_disagreement, ensemble_scale
 from ai4life_kit.prediction.predictor import Predictor
+from ai4life_kit.prediction.restoration import RESAMPLING_TASKS, RestorationPredictor
 from ai4life_kit.rundir import is_ensemble_dir, read_ensemble
 
-__all__ = ["EnsemblePredictor", "load_model"]
+__all__ = ["EnsemblePredictor", "load_model", "run_task"]
 
 
 class EnsemblePredictor:
@@ -133,9 +135,33 @@ class EnsemblePredictor:
         raise UserInputError("an ensemble predicts in memory, one image at a time: leave out --out-of-core and Zarr")
 
 
-def load_model(model: Path, device: str | torch.device = "auto") -> Predictor | EnsemblePredictor:
-    """A run directory, an ensemble folder (``train --ensemble``) or a ``.zip`` package."""
+def load_model(
+    model: Path, device: str | torch.device = "auto"
+) -> Predictor | EnsemblePredictor | RestorationPredictor:
+    """A run directory, an ensemble folder (``train --ensemble``) or a ``.zip`` package.
+
+    A run directory trained for super-resolution or isotropic reconstruction comes as a
+    :class:`~ai4life_kit.prediction.restoration.RestorationPredictor` (its output is resampled).
+    """
     model = Path(model)
     if is_ensemble_dir(model):
         return EnsemblePredictor.from_dir(model, device)
-    return Predictor.load(model, device)
+    predictor = Predictor.load(model, device)
+    task = run_task(model) if model.is_dir() else None
+    if task is not None and task.kind in RESAMPLING_TASKS:
+        return RestorationPredictor(predictor, task)
+    return predictor
+
+
+def run_task(run_dir: Path) -> TaskConfig | None:
+    """The task in a run directory's ``spec.yaml`` (``None`` without one: runs before tasks denoise)."""
+    from ai4life_kit.config import load_spec
+    from ai4life_kit.errors import ConfigError
+
+    path = Path(run_dir) / "spec.yaml"
+    if not path.is_file():
+        return None
+    try:
+        return load_spec(path).task
+    except ConfigError as exc:
+        raise ModelLoadError(f"{run_dir} is not a usable run directory: {exc}") from None

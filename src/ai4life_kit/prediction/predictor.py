@@ -124,6 +124,8 @@ class Predictor:
         self.target_std = np.asarray(target_std, dtype=np.float64)
         self.eps = float(eps)
         self.algorithm = algorithm
+        # Off where an axis has a direction the network learnt (isotropic CARE's axial axis).
+        self.tta_rotations = True
         self.depth = int(depth)
         self.multiple = 2**self.depth
         self.halo = halo_for_depth(self.depth, halo)
@@ -168,7 +170,7 @@ class Predictor:
         by 90 degrees that noise runs along the other axis and is reproduced, not removed. Flips
         keep every axis where it was.
         """
-        return tta_transforms(self.spatial_ndim, rotations=self.algorithm != "structn2v")
+        return tta_transforms(self.spatial_ndim, rotations=self.algorithm != "structn2v" and self.tta_rotations)
 
     @classmethod
     def from_run_dir(cls, run_dir: Path, device: str | torch.device = "auto", checkpoint: str = "best") -> Predictor:

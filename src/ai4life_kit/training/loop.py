@@ -17,10 +17,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ai4life_kit.config import TrainingSpec
-from ai4life_kit.data.loading import load_training_set, make_sampler, split_validation, training_stats
+from ai4life_kit.data.loading import TrainingSet, load_training_set, make_sampler, split_validation, training_stats
 from ai4life_kit.errors import DataError, OutputExistsError
 from ai4life_kit.fileio import DirLock, check_location
 from ai4life_kit.rundir import (
+    PAIRS_PLOT,
     RUN_ENTRIES,
     RUN_LOCK,
     RUN_MARKER,
@@ -33,6 +34,7 @@ from ai4life_kit.runtime import resolve_device
 from ai4life_kit.training.distributed import DistContext, launch_world_size, local_batch_size
 from ai4life_kit.training.progress import EpochProgress
 from ai4life_kit.training.report import plot_losses
+from ai4life_kit.training.restoration_pairs import make_restoration_pairs, write_pairs_plot
 from ai4life_kit.training.run_setup import (
     RESUME_MAY_CHANGE,
     check_resume,
@@ -101,7 +103,11 @@ def train(
             raise OutputExistsError(f"{out} exists and was not created by ai4life-kit; refusing to delete it")
     if spec.is_self_supervised and target:
         raise DataError(f"{spec.algorithm.name} is self-supervised: it trains on noisy images only; drop --target")
-    if not spec.is_self_supervised and not target:
+    if spec.task.makes_pairs and target:
+        raise DataError(
+            f"task {spec.task.kind!r} makes its inputs from the clean --data (semi-synthetic pairs); drop --target"
+        )
+    if not spec.is_self_supervised and not target and not spec.task.makes_pairs:
         raise DataError(f"{spec.algorithm.name} needs --target images (clean for CARE, a second noisy set for n2n)")
     # Checked before the processes connect: a wrong recipe fails at once, the same way on every rank.
     local_batch = local_batch_size(spec.training.batch_size, launch_world_size())
@@ -162,6 +168,8 @@ def _train(
             overwrite=overwrite,
             log=log,
         )
+        if prepared.spec.task.kind != "denoise" and prepared.ts.targets is not None:
+            dist.run_on_main(write_pairs_plot, out / PAIRS_PLOT, prepared.ts, prepared.spec.task)
         session = start_session(prepared, dist, last_path if resuming else None)
         t_start = time.perf_counter()
         cfg = prepared.spec.training
@@ -201,8 +209,24 @@ def _prepare_data(
 
     Everything that can reject the data happens here, before the run directory is touched.
     """
-    ts = load_training_set(data, target, spec.data.dims, spec.data.axes, spec.data.loading, spec.data.cache_mb)
+    task = spec.task
+    restoring = task.kind != "denoise"
+    if restoring and spec.data.loading == "lazy":
+        raise DataError(f"task {task.kind!r} makes its training pairs in memory; use data.loading: memory (or auto)")
+    ts = load_training_set(
+        data,
+        target,
+        spec.data.dims,
+        spec.data.axes,
+        "memory" if restoring else spec.data.loading,
+        spec.data.cache_mb,
+        target_scale=task.output_scale,
+    )
     try:
+        if restoring:
+            ts = make_restoration_pairs(ts, task, spec.training.seed)
+            if log is not None and task.makes_pairs:
+                log(f"{task.kind.replace('_', '-')}: {sum(x.shape[0] for x in ts.images)} semi-synthetic pair(s) made")
         dev = dist.device
         if spec.data.n_channels is not None and spec.data.n_channels != ts.n_channels:
             raise DataError(f"the spec says data.n_channels={spec.data.n_channels} but the images have {ts.n_channels}")
@@ -247,8 +271,8 @@ def _summary(
         data_arguments=[str(p) for p in data],
         target_arguments=[str(p) for p in target] if target else None,
         inputs=file_entries(ts.paths, ts.axes, ts.shapes, ts.dtypes),
-        # Targets have their inputs' shapes (load_training_set checks it).
-        targets=file_entries(ts.target_paths, ts.target_axes, ts.shapes, ts.target_dtypes)
+        # Targets have their inputs' shapes, scaled in Y and X for super-resolution (load_training_set checks it).
+        targets=file_entries(ts.target_paths, ts.target_axes, _target_shapes(ts, prepared.spec), ts.target_dtypes)
         if ts.target_paths is not None
         else None,
         validation="held-out files"
@@ -266,3 +290,12 @@ def _summary(
         device=str(prepared.device),
         seconds_this_session=seconds,
     )
+
+
+def _target_shapes(ts: TrainingSet, spec: TrainingSpec) -> list[tuple[int, ...]]:
+    """The target files' shapes: the inputs', ``factor`` times larger in Y and X for super-resolution pairs."""
+    f = spec.task.output_scale
+    return [
+        tuple(n * f if a in "YX" else n for a, n in zip(axes, shape, strict=True))
+        for axes, shape in zip(ts.axes, ts.shapes, strict=True)
+    ]

@@ -232,7 +232,11 @@ def start_session(prepared: Prepared, dist: DistContext, resume_from: Path | Non
         mspec=mspec,
         loss_kind=getattr(spec.algorithm, "loss", "mse"),
         val_batches=val_batches,
-        rotate=patch[-1] == patch[-2] and not isinstance(spec.algorithm, StructN2VAlgorithm),
+        # structN2V's mask and isotropic CARE's degraded (axial) axis have a direction a
+        # rotation would move; flips keep every axis where it was.
+        rotate=patch[-1] == patch[-2]
+        and not isinstance(spec.algorithm, StructN2VAlgorithm)
+        and spec.task.kind != "isotropic",
         flip_axes=tuple(range(-dims, 0)),
         layout=layout,
     )

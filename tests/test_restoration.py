@@ -1,0 +1,350 @@
+"""Restoration beyond denoising: super-resolution, isotropic reconstruction and deconvolution.
+
+The resampling conventions, the training pairs the degradation model makes, the predictors'
+output sizes and seams, the pixel sizes written, the CLI's refusals; and (slow) that the trained
+networks beat interpolation on simulated data with a known ground truth.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+from scipy import ndimage as ndi
+
+from ai4life_kit.config import parse_spec
+from ai4life_kit.data.loading import load_training_set
+from ai4life_kit.data.pixel_size import PixelSize, read_pixel_size
+from ai4life_kit.errors import ConfigError, DataError, UserInputError
+from ai4life_kit.metrics import psnr
+from ai4life_kit.models.unet import UNet
+from ai4life_kit.prediction import Predictor, RestorationPredictor, load_model
+from ai4life_kit.prediction.resample import bicubic_lateral, upsample_axis, upsample_lateral, upsampled_length
+from ai4life_kit.simulate import simulate_ground_truth
+from ai4life_kit.simulate.degrade import bin_axes, blur, decimate
+from ai4life_kit.training import train
+from ai4life_kit.training.restoration_pairs import degradation_of, make_restoration_pairs
+from kit_helpers import invoke, small_spec
+
+SPECS = Path(__file__).parents[1] / "model_specs"
+
+
+def restoration_spec(kind: str, factor: int = 1, semi_synthetic: bool = False, **degradation):
+    """A fast CARE spec for ``kind`` (see kit_helpers.small_spec)."""
+    raw = small_spec("care").model_dump(mode="json")
+    raw["task"] = {"kind": kind, "factor": factor, "semi_synthetic": semi_synthetic, "degradation": degradation}
+    return parse_spec(raw, "test")
+
+
+def blobs(shape: tuple[int, ...], seed: int, density: float = 2e-3, sigma: float = 1.5) -> np.ndarray:
+    """Isotropic ground truth: random point sources of random brightness, blurred alike along every axis."""
+    rng = np.random.default_rng(seed)
+    points = (rng.random(shape) < density) * rng.uniform(50, 200, shape)
+    return (ndi.gaussian_filter(points, sigma) * 40 + 10).astype(np.float32)
+
+
+# -- resampling conventions ------------------------------------------------------------------------
+def test_upsample_axis_puts_input_plane_z_at_output_plane_z_times_factor_and_is_exact_on_ramps():
+    z = np.arange(5, dtype=np.float32)[:, None, None] * 3.0 + np.zeros((5, 2, 3), np.float32)
+    up = upsample_axis(z, 4, axis=0)
+    assert up.shape == (upsampled_length(5, 4), 2, 3) == (17, 2, 3)
+    np.testing.assert_array_equal(up[::4], z)  # the measured planes are kept as they are
+    np.testing.assert_allclose(up[:, 0, 0], np.arange(17) * 0.75, atol=1e-6)  # linear in between
+    with pytest.raises(ValueError, match="at least 2 planes"):
+        upsample_axis(z[:1], 4, axis=0)
+
+
+def test_upsample_lateral_keeps_block_centres_and_is_the_packaged_networks_first_step():
+    rng = np.random.default_rng(0)
+    image = rng.random((2, 1, 12, 10), dtype=np.float32)
+    up = upsample_lateral(image, 2)
+    assert up.shape == (2, 1, 24, 20)
+    # binning the bilinear 2x interpolation of a ramp gives the ramp back (pixel centres at block centres)
+    ramp = np.add.outer(np.arange(12.0), 2 * np.arange(10.0)).astype(np.float32)
+    inner = bin_axes(upsample_lateral(ramp, 2), 2, (-2, -1))[1:-1, 1:-1]
+    np.testing.assert_allclose(inner, ramp[1:-1, 1:-1], atol=1e-5)
+    # UNet(upsample_factor=2) on the low-resolution input == the same weights on the interpolated input
+    torch.manual_seed(0)
+    net = UNet(dims=2, depth=2, width=8, residual=True).eval()
+    packaged = UNet(dims=2, depth=2, width=8, residual=True, upsample_factor=2).eval()
+    packaged.load_state_dict(net.state_dict())
+    x = torch.from_numpy(rng.random((1, 1, 16, 16), dtype=np.float32))
+    with torch.no_grad():
+        torch.testing.assert_close(packaged(x), net(upsample_lateral(x, 2)), rtol=0, atol=0)
+    assert bicubic_lateral(image, 2).shape == up.shape
+
+
+# -- the spec ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("task", "message"),
+    [
+        ({"kind": "super_resolution", "factor": 1}, "needs task.factor >= 2"),
+        ({"kind": "denoise", "factor": 2}, "belong to restoration tasks"),
+        ({"kind": "deconvolution", "factor": 2}, "must be 1 for deconvolution"),
+        ({"kind": "deconvolution", "semi_synthetic": True}, "psf_sigma > 0"),
+    ],
+)
+def test_a_task_that_cannot_work_is_refused_naming_the_field(task, message):
+    raw = small_spec("care").model_dump(mode="json")
+    raw["task"] = task
+    with pytest.raises(ConfigError, match=message):
+        parse_spec(raw, "test")
+
+
+def test_restoration_tasks_train_care_with_a_2d_network():
+    raw = small_spec("n2v").model_dump(mode="json")
+    raw["task"] = {"kind": "super_resolution", "factor": 2}
+    with pytest.raises(ConfigError, match="trains CARE"):
+        parse_spec(raw, "test")
+    raw = small_spec("care", dims=3).model_dump(mode="json")
+    raw["task"] = {"kind": "isotropic", "factor": 4}
+    with pytest.raises(ConfigError, match="2D network"):
+        parse_spec(raw, "test")
+
+
+# -- training pairs ---------------------------------------------------------------------------------
+def _training_set(tmp_path, image: np.ndarray, name: str = "img.tif", axes: str = "YX", target=None, scale=1):
+    tifffile.imwrite(tmp_path / name, image, metadata={"axes": axes})
+    targets = None
+    if target is not None:
+        tifffile.imwrite(tmp_path / f"gt-{name}", target, metadata={"axes": axes})
+        targets = [tmp_path / f"gt-{name}"]
+    return load_training_set([tmp_path / name], targets, 2, target_scale=scale)
+
+
+def test_super_resolution_pairs_are_the_blurred_binned_noisy_image_interpolated_back(tmp_path):
+    clean = blobs((67, 64), seed=1)
+    task = restoration_spec("super_resolution", 2, True, psf_sigma=1.0).task
+    ts = make_restoration_pairs(_training_set(tmp_path, clean), task, seed=5)
+    target = clean[:66]  # whole low-resolution pixels only
+    np.testing.assert_array_equal(ts.targets[0][0, 0], target)
+    expected = upsample_lateral(bin_axes(blur(target, 1.0, axes=(-2, -1)), 2, (-2, -1)), 2)
+    np.testing.assert_allclose(ts.images[0][0, 0], expected, rtol=1e-5, atol=1e-4)
+    assert ts.images[0].base is ts.images[0].base  # views of one flat buffer, as the sampler wants
+    # with noise: the pairs are drawn from the training seed, the same again for the same seed
+    noisy = restoration_spec("super_resolution", 2, True, psf_sigma=1.0, peak=20.0).task
+    a = make_restoration_pairs(_training_set(tmp_path, clean), noisy, seed=5).images[0]
+    b = make_restoration_pairs(_training_set(tmp_path, clean), noisy, seed=5).images[0]
+    c = make_restoration_pairs(_training_set(tmp_path, clean), noisy, seed=6).images[0]
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+    assert np.abs(a - expected).mean() > 0.05 * expected.mean()
+
+
+def test_isotropic_pairs_sample_the_lateral_slices_along_y_as_the_microscope_samples_z(tmp_path):
+    volume = blobs((3, 41, 32), seed=2)
+    task = restoration_spec("isotropic", 4, psf_sigma=2.0).task
+    ts = make_restoration_pairs(_training_set(tmp_path, volume, axes="ZYX"), task, seed=0)
+    assert ts.images[0].shape == ts.targets[0].shape == (3, 1, 41, 32)  # (41 - 1) % 4 == 0: no row lost
+    low = decimate(blur(volume, 2.0, axes=(-2,)), 4, axis=-2)
+    np.testing.assert_allclose(ts.images[0][:, 0], upsample_axis(low, 4, axis=-2), rtol=1e-5, atol=1e-4)
+    np.testing.assert_array_equal(ts.targets[0][:, 0], volume)
+    d = degradation_of(task)
+    assert (d.mode, d.subsample_axes, d.blur_axes, d.peak) == ("decimate", (-2,), (-2,), None)
+
+
+def test_real_super_resolution_pairs_need_targets_factor_times_larger(tmp_path):
+    low, high = blobs((32, 30), 3), blobs((64, 60), 4)
+    task = restoration_spec("super_resolution", 2).task
+    ts = make_restoration_pairs(_training_set(tmp_path, low, target=high, scale=2), task, seed=0)
+    np.testing.assert_array_equal(ts.images[0][0, 0], upsample_lateral(low, 2))
+    np.testing.assert_array_equal(ts.targets[0][0, 0], high)
+    with pytest.raises(DataError, match=r"2x larger in Y and X: \(64, 60\)"):
+        _training_set(tmp_path, low, name="b.tif", target=blobs((60, 60), 4), scale=2)
+
+
+# -- predictors -------------------------------------------------------------------------------------
+def _predictor(kind: str, factor: int) -> RestorationPredictor:
+    torch.manual_seed(0)
+    net = UNet(dims=2, depth=2, width=8, residual=True)
+    inner = Predictor(net, [10.0], [5.0], [10.0], [5.0], spatial_ndim=2, depth=2, device="cpu", algorithm="care")
+    return RestorationPredictor(inner, restoration_spec(kind, factor).task)
+
+
+def test_super_resolution_output_is_factor_times_larger_and_the_same_tiled_as_whole():
+    sr = _predictor("super_resolution", 2)
+    image = blobs((2, 60, 70), seed=5)
+    whole = sr.predict(image, "SYX")
+    assert whole.shape == sr.output_shape(image.shape, "SYX") == (2, 120, 140)
+    tiled = sr.predict(image, "SYX", tile=(96, 96))  # tiles of the output grid
+    np.testing.assert_allclose(tiled, whole, rtol=1e-5, atol=1e-4)  # no seams where tiles meet
+    n_tiled = 2 * len(sr.inner.plan((120, 140), (96, 96)))
+    assert sr.n_tiles(image.shape, "SYX", (96, 96)) == n_tiled > sr.n_tiles(image.shape, "SYX") == 2
+    assert sr.output_pixel_size(PixelSize(0.2, 0.2, None)) == PixelSize(0.1, 0.1, None)
+
+
+def test_isotropic_output_has_the_lateral_sampling_along_z_and_combines_xz_and_yz():
+    iso = _predictor("isotropic", 3)
+    volume = blobs((6, 40, 36), seed=6)
+    out = iso.predict(volume, "ZYX")
+    assert out.shape == (16, 40, 36) == iso.output_shape(volume.shape, "ZYX")
+    assert iso.output_pixel_size(PixelSize(0.1, 0.1, 0.3)) == PixelSize(0.1, 0.1, 0.1)
+    assert iso.output_pixel_size(PixelSize()) == PixelSize(None, None, 1.0)
+    # the mean of the network on every XZ slice and on every YZ slice of the Z-interpolated volume
+    fine = upsample_axis(volume, 3, axis=0)
+    xz = np.stack([iso.inner.predict(fine[:, y, :], "YX") for y in range(40)], axis=1)
+    yz = np.stack([iso.inner.predict(fine[:, :, x], "YX") for x in range(36)], axis=2)
+    np.testing.assert_allclose(out, (xz + yz) / 2, rtol=1e-4, atol=1e-3)
+    iso.combine = "geometric"
+    np.testing.assert_allclose(iso.predict(volume, "ZYX"), np.sqrt(np.maximum(xz, 0) * np.maximum(yz, 0)), atol=1e-3)
+    with pytest.raises(DataError, match="restores volumes"):
+        iso.check_input((40, 36), "YX")
+    with pytest.raises(UserInputError, match="not offered"):
+        iso.require_probabilistic()
+
+
+# -- pixel sizes in TIFFs -----------------------------------------------------------------------------
+def test_pixel_sizes_round_trip_and_imagej_files_are_read(tmp_path):
+    from ai4life_kit.data.tiff_io import write_image
+
+    write_image(tmp_path / "a.tif", np.zeros((3, 8, 8)), "ZYX", pixel_size=PixelSize(0.2, 0.2, 0.2))
+    assert read_pixel_size(tmp_path / "a.tif") == pytest.approx(PixelSize(0.2, 0.2, 0.2))
+    write_image(tmp_path / "b.tif", np.zeros((3, 8, 8)), "ZYX")
+    assert read_pixel_size(tmp_path / "b.tif") == PixelSize()  # the kit's default resolution is no size
+    tifffile.imwrite(
+        tmp_path / "ij.tif",
+        np.zeros((3, 8, 8), np.float32),
+        imagej=True,
+        resolution=(10.0, 10.0),
+        metadata={"spacing": 0.8, "unit": "um", "axes": "ZYX"},
+    )
+    size = read_pixel_size(tmp_path / "ij.tif")
+    assert (size.x, size.y, size.z) == pytest.approx((0.1, 0.1, 0.8))
+
+
+# -- end to end through the CLI -----------------------------------------------------------------------
+def _train_iso(tmp_path, volume, steps=25, epochs=2, **kw):
+    spec = restoration_spec("isotropic", 4, psf_sigma=2.0)
+    raw = spec.model_dump(mode="json")
+    raw["training"] |= {"epochs": epochs, "steps_per_epoch": steps, **kw}
+    raw["data"]["patch_size"] = [32, 32]
+    path = tmp_path / "aniso.tif"
+    tifffile.imwrite(
+        path, volume, imagej=True, resolution=(1 / 0.2, 1 / 0.2), metadata={"spacing": 0.8, "unit": "um", "axes": "ZYX"}
+    )
+    run = train(parse_spec(raw, "test"), [path], None, tmp_path / "run", device="cpu", progress=False)
+    return run, path
+
+
+def test_isotropic_run_predicts_through_the_cli_with_the_new_z_step_in_the_tiff(tmp_path):
+    volume = blobs((8, 64, 64), seed=7)
+    run, path = _train_iso(tmp_path, volume)
+    assert (run / "training_pairs.png").stat().st_size > 10_000
+    assert isinstance(load_model(run, "cpu"), RestorationPredictor)
+    result = invoke("predict", str(run), str(path), "--out", str(tmp_path / "out"), "-q")
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "out" / "aniso.tif"
+    assert tifffile.imread(out).shape == (29, 64, 64)
+    assert read_pixel_size(out) == pytest.approx(PixelSize(0.2, 0.2, 0.2))
+    for args, message in (
+        (["--out-of-core"], "predict in memory"),
+        (["--uncertainty"], "not offered"),
+    ):
+        bad = invoke("predict", str(run), str(path), "--out", str(tmp_path / "bad"), "-q", *args)
+        assert bad.exit_code != 0 and message in bad.output, bad.output
+        assert not (tmp_path / "bad" / "aniso.tif").exists()
+
+
+@pytest.mark.parametrize(
+    ("recipe", "args", "message"),
+    [
+        ("care-2d.yaml", ["--anisotropy", "4"], "--anisotropy is for isotropic recipes"),
+        ("n2v2-2d.yaml", ["--semi-synthetic"], "--semi-synthetic is for restoration recipes"),
+        ("care-isotropic.yaml", ["--semi-synthetic"], "makes its pairs from --data anyway"),
+        ("care-sr2x.yaml", ["--semi-synthetic", "--target", "{img}"], "drop --target"),
+        ("care-sr2x.yaml", ["--semi-synthetic", "--ensemble", "2"], "--ensemble is not offered"),
+        ("care-sr2x.yaml", ["--semi-synthetic", "--loading", "lazy"], "in memory"),
+    ],
+)
+def test_train_refuses_restoration_options_that_do_not_fit_in_one_line(tmp_path, recipe, args, message):
+    img = tmp_path / "img.tif"
+    tifffile.imwrite(img, blobs((64, 64), 0))
+    args = [a.format(img=img) for a in args]
+    result = invoke("train", str(SPECS / recipe), "--data", str(img), "--out", str(tmp_path / "r"), *args)
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "r").exists()
+
+
+# -- quality: better than interpolation (slow) --------------------------------------------------------
+@pytest.mark.slow
+def test_isotropic_restoration_of_a_simulated_anisotropic_volume_beats_linear_interpolation(tmp_path):
+    truth = blobs((61, 96, 96), seed=11, density=1.5e-3, sigma=1.5)  # isotropic, pixel = axial step / 4
+    acquired = decimate(blur(truth, 2.0, axes=(0,)), 4, axis=0)  # axial PSF, then every 4th plane
+    run, _ = _train_iso(tmp_path, acquired, steps=50, epochs=6, batch_size=16, val_patches=64, learning_rate=2e-3)
+    restored = load_model(run, "cpu").predict(acquired, "ZYX")
+    assert restored.shape == truth.shape
+    interpolated = upsample_axis(acquired, 4, axis=0)
+    gain = psnr(truth, restored) - psnr(truth, interpolated)
+    assert gain > 1.5, f"isotropic CARE {psnr(truth, restored):.2f} dB vs linear {psnr(truth, interpolated):.2f} dB"
+
+
+@pytest.mark.slow
+def test_super_resolution_trained_on_semi_synthetic_pairs_beats_bicubic_on_a_new_image(tmp_path):
+    rng = np.random.default_rng(0)
+    train_clean = simulate_ground_truth((256, 256), rng, peak=60.0)
+    tifffile.imwrite(tmp_path / "clean.tif", train_clean)
+    spec = restoration_spec("super_resolution", 2, True, psf_sigma=1.0, peak=30.0)
+    raw = spec.model_dump(mode="json")
+    raw["training"] |= {"epochs": 6, "steps_per_epoch": 50, "val_patches": 64}
+    raw["data"]["patch_size"] = [64, 64]
+    run = train(parse_spec(raw, "test"), [tmp_path / "clean.tif"], None, tmp_path / "run", device="cpu", progress=False)
+    truth = simulate_ground_truth((192, 192), np.random.default_rng(1), peak=60.0)
+    low = degradation_of(parse_spec(raw, "test").task).apply(truth, np.random.default_rng(2))
+    restored = load_model(run, "cpu").predict(low, "YX")
+    assert restored.shape == truth.shape
+    gain = psnr(truth, restored) - psnr(truth, bicubic_lateral(low, 2))
+    assert gain > 2.0, (
+        f"SR CARE {psnr(truth, restored):.2f} dB vs bicubic {psnr(truth, bicubic_lateral(low, 2)):.2f} dB"
+    )
+
+
+# -- packages -----------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_a_super_resolution_package_declares_its_2x_output_and_passes_bioimageio_s_test(tmp_path):
+    import zipfile
+
+    import yaml
+
+    from ai4life_kit.errors import ModelLoadError
+    from ai4life_kit.export import package_run
+
+    tifffile.imwrite(tmp_path / "clean.tif", blobs((128, 128), seed=12))
+    spec = restoration_spec("super_resolution", 2, True, psf_sigma=1.0, peak=30.0)
+    raw = spec.model_dump(mode="json")
+    raw["training"] |= {"epochs": 1, "steps_per_epoch": 4, "batch_size": 4}
+    run = train(parse_spec(raw, "sr"), [tmp_path / "clean.tif"], None, tmp_path / "run", device="cpu", progress=False)
+    out = tmp_path / "sr.bioimageio.zip"
+    result = package_run(run, out, authors=["Ada Lovelace"])  # runs bioimageio.core's test, every weight format
+    assert out.is_file() and result.report is not None and result.report.passed
+    with zipfile.ZipFile(out) as zf:
+        rdf = yaml.safe_load(zf.read("rdf.yaml"))
+        test_in = np.load(zf.open("test_input.npy"))
+        test_out = np.load(zf.open("test_output.npy"))
+        readme = zf.read("README.md").decode()
+    assert test_out.shape[-2:] == tuple(2 * n for n in test_in.shape[-2:])
+    space = {a["id"]: a for a in rdf["outputs"][0]["axes"] if a["type"] == "space"}
+    assert {k: (a["scale"], a["halo"], a["size"]["axis_id"]) for k, a in space.items()} == {
+        "y": (0.5, 34, "y"),
+        "x": (0.5, 34, "x"),
+    }
+    assert rdf["weights"]["pytorch_state_dict"]["architecture"]["kwargs"]["upsample_factor"] == 2
+    assert "2x super-resolution" in readme and "semi-synthetic pairs" in readme
+    # the package's network on the low-resolution input == the run directory's prediction
+    np.testing.assert_allclose(
+        load_model(run, "cpu").predict(test_in[0, 0], "YX"), test_out[0, 0], rtol=1e-4, atol=1e-3
+    )
+    with pytest.raises(ModelLoadError, match="super-resolution"):
+        Predictor.from_bioimageio(out, "cpu")
+
+
+def test_an_isotropic_run_is_not_packaged_and_says_why(tmp_path):
+    from ai4life_kit.errors import ModelLoadError
+    from ai4life_kit.export.rundir import load_run
+
+    run, _ = _train_iso(tmp_path, blobs((8, 64, 64), seed=13), steps=2, epochs=1)
+    with pytest.raises(ModelLoadError, match="cannot describe its slice-wise prediction"):
+        load_run(run)
