@@ -21,6 +21,7 @@ import torch
 import yaml
 from torch.nn import functional as F
 
+from ai4life_kit.config import parse_spec
 from ai4life_kit.errors import Ai4LifeKitError
 from ai4life_kit.export import consumer_jobs
 from ai4life_kit.export import consumers as c
@@ -240,6 +241,15 @@ def _train(root: Path, case: str) -> Path:
         save_spec(small_spec("care", 2, algorithm__loss="laplace"), root / "pcare-2d-small.yaml")
         args = [root / "pcare-2d-small.yaml", "--data", sim["noisy"][0].parent, "--target", sim["gt"][0].parent]
         args += ["--epochs", "1", "--steps-per-epoch", "6", "--batch-size", "4"]
+    elif case == "sr2x-2d":  # super-resolution: an output twice the input's size in y and x
+        from ai4life_kit.config.io import save_spec
+
+        sim = simulate_dataset(root / "sim", shape=(128, 128), n=2, seed=35)
+        raw = small_spec("care", 2).model_dump(mode="json")
+        raw["task"] = {"kind": "super_resolution", "factor": 2, "semi_synthetic": True, "degradation": {"peak": 30.0}}
+        save_spec(parse_spec(raw, "sr2x"), root / "sr2x-small.yaml")
+        args = [root / "sr2x-small.yaml", "--data", sim["gt"][0].parent]
+        args += ["--epochs", "1", "--steps-per-epoch", "6", "--batch-size", "4"]
     else:  # three channels
         import tifffile
 
@@ -279,7 +289,7 @@ def _assert_all_passed(report: c.ConsumerReport) -> None:
 
 
 @pytest.mark.consumers
-@pytest.mark.parametrize("case", ["n2v2-2d-folder", "care-3d", "n2v-3ch", "pcare-2d"])
+@pytest.mark.parametrize("case", ["n2v2-2d-folder", "care-3d", "n2v-3ch", "pcare-2d", "sr2x-2d"])
 def test_package_passes_in_every_consumer_runtime(installed_runtimes, packages, case):
     if case == "pcare-2d":  # the two named output channels of a probabilistic package
         with zipfile.ZipFile(packages(case)) as zf:

@@ -116,5 +116,14 @@ def write_package_files(
         synthetic_test=test_in.synthetic,
     )
     # The cover compares input and output: a probabilistic model's scales are no image of the sample.
-    write_cover(files["cover"], test_in.array, test_out[:, : run.out_channels])
+    label = {
+        "super_resolution": f"output ({run.upsample_factor}x super-resolution)",
+        "deconvolution": "output (deconvolved)",
+    }
+    write_cover(
+        files["cover"],
+        test_in.array,
+        test_out[:, : run.out_channels],
+        labels=("input", label.get(run.spec.task.kind, "output (denoised)")),
+    )
     return files, formats

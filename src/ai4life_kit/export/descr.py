@@ -130,9 +130,15 @@ def _output_descr(run: RunInfo, files: dict[str, Path]):
     from bioimageio.spec.model import v0_5 as m
 
     axes: list[Any] = [m.BatchAxis(), _channel_axis(run.n_outputs, run.output_channel_names)]
+    # Super-resolution: y and x are upsample_factor times finer (scale: the size of a pixel), so
+    # their size is the input's times the factor (bioimage.io: reference size * its scale / this scale).
+    f = run.upsample_factor
     axes += [
         m.SpaceOutputAxisWithHalo(
-            id=m.AxisId(a), halo=run.halo, size=m.SizeReference(tensor_id=m.TensorId("input"), axis_id=m.AxisId(a))
+            id=m.AxisId(a),
+            halo=run.output_halo,
+            size=m.SizeReference(tensor_id=m.TensorId("input"), axis_id=m.AxisId(a)),
+            scale=1.0 / f if a in "yx" else 1.0,
         )
         for a in _space(run)
     ]
@@ -141,7 +147,11 @@ def _output_descr(run: RunInfo, files: dict[str, Path]):
         # at most 128 characters (bioimageio.spec); the README says the rest
         description="Laplace means (the denoised image, input's intensity range), then their scales b in the same units"
         if run.probabilistic
-        else "denoised image in the input's intensity range",
+        else (
+            f"restored image {f}x larger in y and x, in the input's intensity range"
+            if f > 1
+            else "restored (denoised) image in the input's intensity range"
+        ),
         axes=axes,
         postprocessing=[
             m.ScaleLinearDescr(
@@ -163,7 +173,7 @@ def _weights_descr(run: RunInfo, files: dict[str, Path]):
         "pytorch_state_dict": m.PytorchStateDictWeightsDescr(
             source=files["state_dict"],
             architecture=m.ArchitectureFromFileDescr(
-                source=files["architecture"], callable=m.Identifier("UNet"), kwargs=dict(run.model_args)
+                source=files["architecture"], callable=m.Identifier("UNet"), kwargs=run.package_model_args
             ),
             pytorch_version=pytorch_version,
         ),
@@ -223,7 +233,9 @@ def _config(run: RunInfo):
                 + (", N2V2 variant (max-blur pooling, no top skip connection)" if run.model_args.get("n2v2") else "")
             ),
             modality="fluorescence light microscopy",
-            task="denoising",
+            task={"super_resolution": "super-resolution", "deconvolution": "deconvolution"}.get(
+                run.spec.task.kind, "denoising"
+            ),
             model_parameter_count=n_params,
             training=m.TrainingDetails(
                 training_preprocessing="zero-mean unit-variance normalisation with the training data statistics",
@@ -239,7 +251,7 @@ def _config(run: RunInfo):
         deepimagej={"allow_tiling": True, "pyramidal_model": False},
         ai4life_kit={
             "algorithm": algo,
-            "model_args": dict(run.model_args),
+            "model_args": run.package_model_args,
             "depth": run.depth,
             "halo": run.halo,
             "spec_version": run.spec.version,

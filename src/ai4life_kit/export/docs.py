@@ -249,7 +249,38 @@ def _model_section(run: RunInfo, algo: AlgorithmInfo, weight_formats: list[str])
         f"- Weight formats: {', '.join(f'`{w}`' for w in weight_formats)}.",
         "",
         *(_uncertainty_lines(run) if run.probabilistic else []),
+        *_task_lines(run),
     ]
+
+
+def _task_lines(run: RunInfo) -> list[str]:
+    """``### Restoration task``: what a super-resolution or deconvolution network does, and its training pairs."""
+    task = run.spec.task
+    if task.kind == "denoise":
+        return []
+    d = task.degradation
+    if task.kind == "super_resolution":
+        what = (
+            f"Joint denoising and {task.factor}x super-resolution: the output is {task.factor} times larger in y and "
+            f"x (its axes declare `scale` 1/{task.factor}). The network first interpolates its input bilinearly "
+            f"(`upsample_factor` {task.factor} in `unet.py`), then restores what interpolation cannot; the output "
+            f"halo is {run.output_halo} output pixels."
+        )
+    else:
+        what = "Deconvolution with denoising: the output keeps the input's size and restores the detail the PSF blurs."
+    if task.semi_synthetic:
+        noise = f"Poisson noise at {d.peak:g} photons (99.9th percentile)" if d.peak else "no added noise"
+        if d.peak and d.read_noise:
+            noise += f" and Gaussian read noise of {d.read_noise:g} photons"
+        binning = f", {task.factor}x{task.factor} binning" if task.kind == "super_resolution" else ""
+        pairs = (
+            "Trained on semi-synthetic pairs made from the clean training images (CARE, Weigert et al. 2018): "
+            f"Gaussian PSF blur of sigma {d.psf_sigma:g} pixels{binning}, {noise}. It works on acquisitions that "
+            "match this model of the microscope; the test input is a training image as it is."
+        )
+    else:
+        pairs = "Trained on real pairs (input images and their targets)."
+    return ["### Restoration task", "", what, pairs, ""]
 
 
 def _uncertainty_lines(run: RunInfo) -> list[str]:

@@ -97,14 +97,35 @@ class RunInfo:
 
     @property
     def halo(self) -> int:
+        """The input's halo: the receptive-field radius (in input pixels; on the fine grid for super-resolution)."""
         return halo_for_depth(self.depth)
 
+    @property
+    def upsample_factor(self) -> int:
+        """Super-resolution: the output is this many times larger in Y and X (1 otherwise)."""
+        return self.spec.task.output_scale
+
+    @property
+    def output_halo(self) -> int:
+        """The output's halo in output pixels: for super-resolution a whole number of input pixels
+        covering the network's radius on the fine grid plus the interpolation's one input pixel."""
+        f = self.upsample_factor
+        return self.halo if f == 1 else f * (-(-self.halo // f) + 1)
+
+    @property
+    def package_model_args(self) -> dict[str, Any]:
+        """The U-Net's arguments in the package: a super-resolution network interpolates its input itself."""
+        args = dict(self.model_args)
+        if self.upsample_factor > 1:
+            args["upsample_factor"] = self.upsample_factor
+        return args
+
     def build_model(self):
-        """The trained :class:`~ai4life_kit.models.unet.UNet` in eval mode on the CPU."""
+        """The trained network as the package runs it (:attr:`package_model_args`), eval mode, CPU."""
         from ai4life_kit.models.unet import UNet
 
         try:
-            model = UNet(**self.model_args)
+            model = UNet(**self.package_model_args)
             model.load_state_dict(self.model_state, strict=True)
         except (TypeError, ValueError, RuntimeError) as exc:
             raise ModelLoadError(
@@ -138,6 +159,14 @@ def load_run(run_dir: Path) -> RunInfo:
         spec = load_spec(run_dir / SPEC_FILE)
     except ConfigError as exc:
         raise ModelLoadError(f"{run_dir} is not a usable run directory: {exc}") from None
+    if spec.task.kind == "isotropic":
+        # Its prediction runs the 2D network on the XZ and YZ slices of a Z-interpolated volume and
+        # averages them: no bioimage.io consumer runs a model that way, and a slice model would be
+        # applied to YX planes instead.
+        raise ModelLoadError(
+            f"{run_dir} is an isotropic-reconstruction run: bioimage.io packages cannot describe its slice-wise "
+            "prediction; predict with the run directory (ai4life-kit predict RUN volume.tif)"
+        )
     ckpt_path = checkpoint_path(run_dir, "best")
     if not ckpt_path.is_file():
         raise ModelLoadError(

@@ -274,6 +274,14 @@ def read_package(path: Path, weights: str = "auto") -> PackageContents:
         n_out, ndim_out = _check_axes(out, "output", path)
         if ndim != ndim_out:
             raise ModelLoadError(f"{path}: input is {ndim}D but output is {ndim_out}D")
+        resized = [a.get("id") for a in out.get("axes") or [] if isinstance(a, dict) and a.get("scale", 1) != 1]
+        if resized:
+            # Tiles, halos and outputs here are all input-sized; a super-resolution package runs in
+            # bioimage.io's consumers, and its run directory in ai4life-kit (prediction.restoration).
+            raise ModelLoadError(
+                f"{path}: its output is resampled along {', '.join(map(str, resized))} (super-resolution); "
+                "ai4life-kit predicts such models from their run directory, bioimage.io consumers run the package"
+            )
         mean, std, eps = _input_norm(inp, n_in, path)
         target_mean, target_std = _output_norm(out, n_out, path)
         if (rdf.get("config") or {}).get("ai4life_kit"):
