@@ -289,7 +289,7 @@ def test_super_resolution_trained_on_semi_synthetic_pairs_beats_bicubic_on_a_new
     tifffile.imwrite(tmp_path / "clean.tif", train_clean)
     spec = restoration_spec("super_resolution", 2, True, psf_sigma=1.0, peak=30.0)
     raw = spec.model_dump(mode="json")
-    raw["training"] |= {"epochs": 6, "steps_per_epoch": 50, "val_patches": 64}
+    raw["training"] |= {"epochs": 3, "steps_per_epoch": 25, "val_patches": 32}
     raw["data"]["patch_size"] = [64, 64]
     run = train(parse_spec(raw, "test"), [tmp_path / "clean.tif"], None, tmp_path / "run", device="cpu", progress=False)
     truth = simulate_ground_truth((192, 192), np.random.default_rng(1), peak=60.0)
@@ -348,3 +348,43 @@ def test_an_isotropic_run_is_not_packaged_and_says_why(tmp_path):
     run, _ = _train_iso(tmp_path, blobs((8, 64, 64), seed=13), steps=2, epochs=1)
     with pytest.raises(ModelLoadError, match="cannot describe its slice-wise prediction"):
         load_run(run)
+
+
+def test_a_psf_image_degrades_as_the_gaussian_it_samples_and_a_bad_one_is_refused(tmp_path):
+    from ai4life_kit.simulate.degrade import gaussian_psf
+
+    clean = blobs((64, 64), seed=14)
+    tifffile.imwrite(tmp_path / "psf.tif", gaussian_psf((2.0, 2.0)).astype(np.float32) * 7)  # any scale
+    by_sigma = restoration_spec("deconvolution", 1, True, psf_sigma=2.0).task
+    by_image = restoration_spec("deconvolution", 1, True, psf=str(tmp_path / "psf.tif")).task
+    a = make_restoration_pairs(_training_set(tmp_path, clean), by_sigma, seed=0).images[0]
+    b = make_restoration_pairs(_training_set(tmp_path, clean), by_image, seed=0).images[0]
+    np.testing.assert_allclose(b, a, rtol=1e-3, atol=1e-2)
+    tifffile.imwrite(tmp_path / "even.tif", np.ones((4, 4), np.float32))
+    with pytest.raises(DataError, match="odd sizes"):
+        degradation_of(restoration_spec("deconvolution", 1, True, psf=str(tmp_path / "even.tif")).task)
+    with pytest.raises(ConfigError, match="not both"):
+        restoration_spec("deconvolution", 1, True, psf=str(tmp_path / "psf.tif"), psf_sigma=1.0)
+
+
+def test_super_resolution_through_the_cli_halves_the_recorded_pixel_size(tmp_path):
+    from ai4life_kit.config.io import save_spec
+
+    raw = small_spec("care").model_dump(mode="json")
+    raw["task"] = {"kind": "super_resolution", "factor": 2, "degradation": {"psf_sigma": 1.0, "peak": 30.0}}
+    raw["training"] |= {"epochs": 1, "steps_per_epoch": 3, "batch_size": 4}
+    save_spec(parse_spec(raw, "sr"), tmp_path / "sr.yaml")
+    image = tmp_path / "cells.tif"
+    tifffile.imwrite(
+        image, blobs((96, 80), seed=15), imagej=True, resolution=(1 / 0.26, 1 / 0.26), metadata={"unit": "um"}
+    )
+    run = tmp_path / "run"
+    result = invoke("train", tmp_path / "sr.yaml", "--data", image, "--semi-synthetic", "--out", run, "-q")
+    assert result.exit_code == 0, result.output
+    assert "semi-synthetic pair(s) made" in result.output
+    result = invoke("predict", run, image, "--out", tmp_path / "sr", "-q")
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "sr" / "cells.tif"
+    assert tifffile.imread(out).shape == (192, 160)
+    size = read_pixel_size(out)
+    assert (size.x, size.y) == pytest.approx((0.13, 0.13))

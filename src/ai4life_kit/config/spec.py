@@ -188,6 +188,17 @@ class DegradationConfig(_Strict):
     for data that are already as noisy as the inputs will be)."""
     read_noise: Annotated[float, Field(ge=0)] = 0.0
     """Gaussian read noise, in photons (with ``peak`` only)."""
+    psf: str | None = None
+    """A PSF image (TIFF) instead of the Gaussian ``psf_sigma``: (Y, X) for super-resolution and 2D
+    deconvolution, (Z, Y, X) for 3D deconvolution, and for isotropic reconstruction the axial
+    cross-section (Z, X), applied to the lateral slices with its Z along Y. Normalised to sum 1;
+    its pixels are the clean image's."""
+
+    @model_validator(mode="after")
+    def _one_psf(self) -> DegradationConfig:
+        if self.psf is not None and self.psf_sigma > 0:
+            raise ValueError("task.degradation: give psf (an image) or psf_sigma, not both")
+        return self
 
 
 class TaskConfig(_Strict):
@@ -213,8 +224,9 @@ class TaskConfig(_Strict):
             raise ValueError(f"task.kind {self.kind!r} needs task.factor >= 2, got {self.factor}")
         if self.kind == "deconvolution" and self.factor != 1:
             raise ValueError("task.factor must be 1 for deconvolution (the output keeps the input's size)")
-        if self.kind == "deconvolution" and self.semi_synthetic and self.degradation.psf_sigma == 0:
-            raise ValueError("semi-synthetic deconvolution needs task.degradation.psf_sigma > 0")
+        d = self.degradation
+        if self.kind == "deconvolution" and self.semi_synthetic and d.psf_sigma == 0 and d.psf is None:
+            raise ValueError("semi-synthetic deconvolution needs task.degradation.psf_sigma > 0 or a psf image")
         return self
 
     @property

@@ -273,9 +273,14 @@ def _task_lines(run: RunInfo) -> list[str]:
         if d.peak and d.read_noise:
             noise += f" and Gaussian read noise of {d.read_noise:g} photons"
         binning = f", {task.factor}x{task.factor} binning" if task.kind == "super_resolution" else ""
+        blur = (
+            f"blur with the PSF image {Path(d.psf).name}"
+            if d.psf
+            else f"Gaussian PSF blur of sigma {d.psf_sigma:g} pixels"
+        )
         pairs = (
             "Trained on semi-synthetic pairs made from the clean training images (CARE, Weigert et al. 2018): "
-            f"Gaussian PSF blur of sigma {d.psf_sigma:g} pixels{binning}, {noise}. It works on acquisitions that "
+            f"{blur}{binning}, {noise}. It works on acquisitions that "
             "match this model of the microscope; the test input is a training image as it is."
         )
     else:

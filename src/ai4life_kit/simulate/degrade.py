@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
@@ -398,6 +398,9 @@ class Degradation:
         Read-noise standard deviation in photons, >= 0.
     blur_axes : tuple of int
         Axes the ``psf_sigma`` entries belong to.
+    psf : numpy.ndarray or None
+        A measured or computed PSF instead of the Gaussian: applied over the last ``psf.ndim`` axes
+        (:func:`blur`); excludes ``psf_sigma``.
     """
 
     psf_sigma: tuple[float, ...] = ()
@@ -407,9 +410,12 @@ class Degradation:
     peak: float | None = None
     read_noise: float = 0.0
     blur_axes: tuple[int, ...] = ()
+    psf: np.ndarray | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         psf_sigma = tuple(_check_sigma(s) for s in self.psf_sigma)
+        if self.psf is not None and psf_sigma:
+            raise UserInputError("give a PSF image or Gaussian psf_sigma values, not both")
         blur_axes = tuple(self.blur_axes)
         subsample_axes = tuple(self.subsample_axes)
         if len(psf_sigma) != len(blur_axes):
@@ -454,7 +460,9 @@ class Degradation:
             float32 degraded image (smaller along ``subsample_axes`` when ``factor > 1``).
         """
         data = np.asarray(image).astype(np.float32)
-        if self.psf_sigma and any(s > 0 for s in self.psf_sigma):
+        if self.psf is not None:
+            data = blur(data, psf=self.psf)
+        elif self.psf_sigma and any(s > 0 for s in self.psf_sigma):
             data = blur(data, self.psf_sigma, axes=self.blur_axes)
         if self.factor > 1:
             if self.mode == "bin":

@@ -33,7 +33,7 @@ from ai4life_kit.errors import DataError
 from ai4life_kit.prediction.resample import upsample_axis, upsample_lateral, upsampled_length
 from ai4life_kit.simulate.degrade import Degradation
 
-__all__ = ["make_restoration_pairs", "degradation_of", "write_pairs_plot"]
+__all__ = ["make_restoration_pairs", "degradation_of", "read_psf", "write_pairs_plot"]
 
 # The noise of every pair is drawn from this stream of the training seed, so a resumed run and a
 # rerun with the same seed train on the same inputs.
@@ -51,17 +51,36 @@ def degradation_of(task: TaskConfig, spatial_ndim: int = 2) -> Degradation:
     else:  # deconvolution: every spatial axis, the same sigma
         blur_axes = tuple(range(-spatial_ndim, 0))
         sigmas, subsample, mode = (sigma,) * spatial_ndim, (), "bin"
-    if sigma == 0:
+    psf = None
+    if d.psf is not None:
+        psf = read_psf(Path(d.psf), 2 if task.kind != "deconvolution" else spatial_ndim)
+    if sigma == 0 or psf is not None:
         blur_axes, sigmas = (), ()
     return Degradation(
         psf_sigma=sigmas,
         blur_axes=blur_axes,
+        psf=psf,
         factor=task.factor if subsample else 1,
         subsample_axes=subsample,
         mode=mode,
         peak=d.peak,
         read_noise=d.read_noise,
     )
+
+
+def read_psf(path: Path, ndim: int) -> np.ndarray:
+    """A PSF image as float64 summing to 1, odd-sized, with ``ndim`` axes (a one-line error otherwise)."""
+    import tifffile
+
+    try:
+        psf = np.squeeze(tifffile.imread(path)).astype(np.float64)
+    except (OSError, ValueError) as exc:
+        raise DataError(f"task.degradation.psf {path} cannot be read as a TIFF ({exc})") from None
+    if psf.ndim != ndim or any(n % 2 == 0 for n in psf.shape):
+        raise DataError(f"task.degradation.psf {path} has shape {psf.shape}; it needs {ndim} axes of odd sizes")
+    if not np.isfinite(psf).all() or psf.sum() <= 0 or psf.min() < 0:
+        raise DataError(f"task.degradation.psf {path} must be finite and non-negative with a positive sum")
+    return psf / psf.sum()
 
 
 def _flat(arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
