@@ -825,7 +825,8 @@ def run_job(tool: str, job: dict[str, Any], work: Path) -> dict[str, Any]:
     (out / "job.json").write_text(json.dumps(job))
     python = Path(sys.executable) if tool == "kit" else _venv_python(CAREAMICS_VENV)
     log = out / "driver.log"
-    limit = 4 * (job["seconds"] + 300)
+    # generous: a run under load (other work on the machine) must not be killed for being slow
+    limit = 4 * (job["seconds"] + 300) + 6 * job["steps"]
     t0 = time.perf_counter()
     rc, pss = _run_driver(python, ["--driver", tool, "--job", str(out / "job.json")], log, limit)
     result_file = out / "result.json"
