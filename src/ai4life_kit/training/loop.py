@@ -108,7 +108,10 @@ def train(
             f"task {spec.task.kind!r} makes its inputs from the clean --data (semi-synthetic pairs); drop --target"
         )
     if not spec.is_self_supervised and not target and not spec.task.makes_pairs:
-        raise DataError(f"{spec.algorithm.name} needs --target images (clean for CARE, a second noisy set for n2n)")
+        hint = " or --semi-synthetic to make the inputs from --data" if spec.task.kind != "denoise" else ""
+        raise DataError(
+            f"{spec.algorithm.name} needs --target images (clean for CARE, a second noisy set for n2n){hint}"
+        )
     # Checked before the processes connect: a wrong recipe fails at once, the same way on every rank.
     local_batch = local_batch_size(spec.training.batch_size, launch_world_size())
     lock = DirLock(out / RUN_LOCK)
