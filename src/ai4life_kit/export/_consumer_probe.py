@@ -212,7 +212,8 @@ def run_blockwise(job: dict[str, Any]) -> list[dict[str, Any]]:
                     .members["output"]
                     .data.to_numpy()
                 )
-                whole = whole[(slice(None), slice(None), *(slice(h, -h) for h in halo))]
+                crop = job.get("crop", halo)  # output pixels (the input's halo times f for super-resolution)
+                whole = whole[(slice(None), slice(None), *(slice(h, -h) for h in crop))]
             entry.update(_compare(tiled, whole))
             entry.update(image_shape=list(x.shape), block_shape=job["block_shape"])
         except Exception as exc:

@@ -218,5 +218,19 @@ def blockwise_job(pkg: PackageView, work: Path) -> dict[str, Any]:
     x = _resize(test_in, image)
     np.save(work / "blockwise_image.npy", x)
     shape = {"batch": 1, "channel": int(x.shape[1]), **block}
-    halo = [int(a.get("halo", 0)) for a in pkg.output["axes"] if a.get("id") in ("z", "y", "x")]
-    return {"zip": str(pkg.zip), "image": str(work / "blockwise_image.npy"), "block_shape": shape, "halo": halo}
+    out_axes = [a for a in pkg.output["axes"] if a.get("id") in ("z", "y", "x")]
+    in_scale = {a.get("id"): float(a.get("scale", 1.0)) for a in pkg.input["axes"]}
+    crop = [int(a.get("halo", 0)) for a in out_axes]
+    # The whole-image reference pads the input by the halo in *input* pixels: a super-resolution
+    # output (scale 1/f) has f output pixels per input pixel, so its halo is f times the input's.
+    halo = [
+        round(h * float(a.get("scale", 1.0)) / in_scale.get(a.get("id"), 1.0))
+        for h, a in zip(crop, out_axes, strict=True)
+    ]
+    return {
+        "zip": str(pkg.zip),
+        "image": str(work / "blockwise_image.npy"),
+        "block_shape": shape,
+        "halo": halo,
+        "crop": crop,
+    }
