@@ -123,7 +123,12 @@ def test_super_resolution_pairs_are_the_blurred_binned_noisy_image_interpolated_
     np.testing.assert_array_equal(ts.targets[0][0, 0], target)
     expected = upsample_lateral(bin_axes(blur(target, 1.0, axes=(-2, -1)), 2, (-2, -1)), 2)
     np.testing.assert_allclose(ts.images[0][0, 0], expected, rtol=1e-5, atol=1e-4)
-    assert ts.images[0].base is ts.images[0].base  # views of one flat buffer, as the sampler wants
+    two = _training_set(tmp_path, clean, name="other.tif")
+    two.images.append(two.images[0].copy())  # two clean images, as from two files
+    two.names.append("copy.tif")
+    pairs = make_restoration_pairs(two, task, seed=5)
+    assert pairs.images[0].base is pairs.images[1].base is not None  # one flat buffer, as the sampler reads
+    assert pairs.targets[0].base is pairs.targets[1].base is not None
     # with noise: the pairs are drawn from the training seed, the same again for the same seed
     noisy = restoration_spec("super_resolution", 2, True, psf_sigma=1.0, peak=20.0).task
     a = make_restoration_pairs(_training_set(tmp_path, clean), noisy, seed=5).images[0]
@@ -181,8 +186,13 @@ def test_isotropic_output_has_the_lateral_sampling_along_z_and_combines_xz_and_y
     volume = blobs((6, 40, 36), seed=6)
     out = iso.predict(volume, "ZYX")
     assert out.shape == (16, 40, 36) == iso.output_shape(volume.shape, "ZYX")
-    assert iso.output_pixel_size(PixelSize(0.1, 0.1, 0.3)) == PixelSize(0.1, 0.1, 0.1)
-    assert iso.output_pixel_size(PixelSize()) == PixelSize(None, None, 1.0)
+    assert iso.output_pixel_size(PixelSize(0.1, 0.1, 0.3)).z == pytest.approx(0.1)
+    # the recorded Z step over the factor, also where it is not factor x the pixel size
+    assert iso.output_pixel_size(PixelSize(0.2, 0.2, 1.0)).z == pytest.approx(1.0 / 3)
+    assert iso.output_pixel_size(PixelSize(0.2, 0.2, None)) == PixelSize(0.2, 0.2, 0.2)
+    assert iso.output_pixel_size(PixelSize()) == PixelSize(1.0, 1.0, 1.0, "pixel")
+    with pytest.raises(UserInputError, match="give 2 sizes"):
+        iso.predict(volume, "ZYX", tile=(80, 80, 80))
     # the mean of the network on every XZ slice and on every YZ slice of the Z-interpolated volume
     fine = upsample_axis(volume, 3, axis=0)
     xz = np.stack([iso.inner.predict(fine[:, y, :], "YX") for y in range(40)], axis=1)
@@ -197,13 +207,35 @@ def test_isotropic_output_has_the_lateral_sampling_along_z_and_combines_xz_and_y
 
 
 # -- pixel sizes in TIFFs -----------------------------------------------------------------------------
-def test_pixel_sizes_round_trip_and_imagej_files_are_read(tmp_path):
+def test_pixel_sizes_round_trip_as_imagej_hyperstacks_fiji_reads(tmp_path):
     from ai4life_kit.data.tiff_io import write_image
 
-    write_image(tmp_path / "a.tif", np.zeros((3, 8, 8)), "ZYX", pixel_size=PixelSize(0.2, 0.2, 0.2))
-    assert read_pixel_size(tmp_path / "a.tif") == pytest.approx(PixelSize(0.2, 0.2, 0.2))
+    write_image(tmp_path / "a.tif", np.zeros((3, 8, 8)), "ZYX", pixel_size=PixelSize(0.2, 0.2, 0.25))
+    size = read_pixel_size(tmp_path / "a.tif")
+    assert (size.x, size.y, size.z, size.unit) == pytest.approx((0.2, 0.2, 0.25, "um"))
+    with tifffile.TiffFile(tmp_path / "a.tif") as tif:  # what Fiji reads: ImageJ's own metadata
+        assert tif.is_imagej and tif.imagej_metadata["spacing"] == pytest.approx(0.25)
+        assert tif.imagej_metadata["unit"] == "micron"
     write_image(tmp_path / "b.tif", np.zeros((3, 8, 8)), "ZYX")
     assert read_pixel_size(tmp_path / "b.tif") == PixelSize()  # the kit's default resolution is no size
+    # an uncalibrated size stays relative (unit pixel) through a second resampling: never made up as microns
+    write_image(tmp_path / "c.tif", np.zeros((3, 8, 8)), "ZYX", pixel_size=PixelSize())
+    again = read_pixel_size(tmp_path / "c.tif").scaled(x=2, y=2)
+    write_image(tmp_path / "d.tif", np.zeros((3, 8, 8)), "ZYX", pixel_size=again)
+    assert read_pixel_size(tmp_path / "d.tif").unit == "pixel"
+    # a 1 micron pixel is a size, nanometres are converted
+    tifffile.imwrite(
+        tmp_path / "one.tif", np.zeros((3, 8, 8), np.float32), imagej=True, resolution=(1, 1),
+        metadata={"spacing": 4, "unit": "micron", "axes": "ZYX"},
+    )  # fmt: skip
+    assert read_pixel_size(tmp_path / "one.tif") == PixelSize(1.0, 1.0, 4.0)
+    tifffile.imwrite(
+        tmp_path / "nm.tif", np.zeros((3, 8, 8), np.float32), imagej=True, resolution=(1 / 65, 1 / 65),
+        metadata={"spacing": 200, "unit": "nm", "axes": "ZYX"},
+    )  # fmt: skip
+    nm = read_pixel_size(tmp_path / "nm.tif")
+    assert (nm.x, nm.z, nm.unit) == pytest.approx((0.065, 0.2, "um"))
+    assert read_pixel_size(tmp_path) == PixelSize()  # a folder (Zarr) records none here
     tifffile.imwrite(
         tmp_path / "ij.tif",
         np.zeros((3, 8, 8), np.float32),
@@ -388,3 +420,22 @@ def test_super_resolution_through_the_cli_halves_the_recorded_pixel_size(tmp_pat
     assert tifffile.imread(out).shape == (192, 160)
     size = read_pixel_size(out)
     assert (size.x, size.y) == pytest.approx((0.13, 0.13))
+
+
+def test_isotropic_rows_too_few_for_a_patch_are_refused_naming_the_rows_kept(tmp_path):
+    task = restoration_spec("isotropic", 4).task
+    ts = _training_set(tmp_path, blobs((3, 64, 64), seed=16), axes="ZYX")
+    with pytest.raises(DataError, match=r"Y is 64 pixels, which keeps 61 rows when sampled every 4.*patch size is 64"):
+        make_restoration_pairs(ts, task, seed=0, patch=(64, 64))
+
+
+def test_3d_deconvolution_trains_from_semi_synthetic_pairs_and_plots_its_middle_plane(tmp_path):
+    raw = small_spec("care", 3, model__depth=1, model__width=8).model_dump(mode="json")
+    raw["task"] = {"kind": "deconvolution", "semi_synthetic": True, "degradation": {"psf_sigma": 1.5, "peak": 50.0}}
+    raw["training"] |= {"epochs": 1, "steps_per_epoch": 2, "batch_size": 2, "val_patches": 4}
+    raw["data"]["patch_size"] = [8, 16, 16]
+    tifffile.imwrite(tmp_path / "vol.tif", blobs((16, 48, 48), seed=17), metadata={"axes": "ZYX"})
+    run = train(parse_spec(raw, "dec3d"), [tmp_path / "vol.tif"], None, tmp_path / "run", device="cpu", progress=False)
+    assert (run / "training_pairs.png").stat().st_size > 5_000
+    out = load_model(run, "cpu").predict(blobs((16, 48, 48), seed=18), "ZYX")
+    assert out.shape == (16, 48, 48)

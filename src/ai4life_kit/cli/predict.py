@@ -80,6 +80,7 @@ def _predict_in_memory(
             data = read_image(src, source.axes, predictor.spatial_ndim).data
         pixel_size = None
         if isinstance(predictor, RestorationPredictor):  # resampled: the new sampling goes into the metadata
+            # (a Zarr input records no pixel size the kit reads: read_pixel_size says none)
             pixel_size = predictor.output_pixel_size(read_pixel_size(src))
         if uncertainty is None:
             result = predictor.predict(data, source.axes, **kwargs)

@@ -159,7 +159,9 @@ def train(
             raise UserInputError(f"--psf is for restoration recipes; {spec} has task.kind {kind!r}")
         degradation["psf"], degradation["psf_sigma"] = str(psf), 0.0
     if degradation.get("psf"):  # recorded absolute: --resume and packaging may run from elsewhere
-        degradation["psf"] = str(Path(degradation["psf"]).resolve())
+        # --psf is relative to where the command runs, a recipe's psf to the recipe's folder
+        base = Path.cwd() if psf is not None else spec.resolve().parent
+        degradation["psf"] = str((base / degradation["psf"]).resolve())
     resolved = parse_spec(raw, f"{spec} (with command-line overrides)")
 
     from ai4life_kit.training import train as run_training

@@ -190,9 +190,10 @@ class DegradationConfig(_Strict):
     """Gaussian read noise, in photons (with ``peak`` only)."""
     psf: str | None = None
     """A PSF image (TIFF) instead of the Gaussian ``psf_sigma``: (Y, X) for super-resolution and 2D
-    deconvolution, (Z, Y, X) for 3D deconvolution, and for isotropic reconstruction the axial
-    cross-section (Z, X), applied to the lateral slices with its Z along Y. Normalised to sum 1;
-    its pixels are the clean image's."""
+    deconvolution, (Z, Y, X) for 3D deconvolution; for isotropic reconstruction a 1D profile of
+    the *extra* axial blur (what the axial PSF has beyond the lateral one, which the lateral slices
+    already carry), applied along Y of the lateral slices. Normalised to sum 1; in pixels of the
+    clean image. A relative path in a recipe is relative to the recipe's folder."""
 
     @model_validator(mode="after")
     def _one_psf(self) -> DegradationConfig:

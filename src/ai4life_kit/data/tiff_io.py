@@ -130,6 +130,13 @@ def read_image(path: Path, axes: str | None = None, spatial_ndim: int = 2) -> Im
     return ImageFile(path=path, data=data, axes=axes, dtype=raw.dtype)
 
 
+def _imagej_order(axes: str) -> bool:
+    """Whether ImageJ can hold these axes as they are (a subsequence of TZCYX, float32 included)."""
+    order = "TZCYX"
+    positions = [order.find(a) for a in axes]
+    return -1 not in positions and positions == sorted(positions)
+
+
 def write_image(
     path: Path,
     data: np.ndarray,
@@ -141,18 +148,34 @@ def write_image(
     """Write ``data`` as a TIFF (float32 unless ``dtype`` says otherwise) with ``axes`` metadata, atomically.
 
     A resolution unit of CENTIMETER is written because some consumers (Grand Challenge)
-    reject TIFFs whose unit is NONE, which is tifffile's default. ``pixel_size``: record it
-    (resolution tags, ``spacing`` and ``unit``; :mod:`ai4life_kit.data.pixel_size`).
+    reject TIFFs whose unit is NONE, which is tifffile's default. ``pixel_size``: record it, as
+    an ImageJ hyperstack where the axes allow (X/Y resolution, ``unit``, Z ``spacing``: what Fiji
+    reads), else as resolution tags in pixels per cm (:mod:`ai4life_kit.data.pixel_size`).
     """
     axes = validate_axes(axes, data.ndim)
     tf_axes = "".join(TO_TIFFFILE[a] for a in axes)
-    physical = pixel_size.tiff_arguments() if pixel_size is not None else {"resolution": (1.0, 1.0), "metadata": {}}
+    if pixel_size is not None and _imagej_order(axes):
+        # An ImageJ hyperstack: the only way Fiji reads a Z step (ImageJ's "spacing").
+        physical = pixel_size.imagej_arguments()
+        with atomic_path(Path(path), overwrite) as tmp:
+            tifffile.imwrite(
+                tmp,
+                np.ascontiguousarray(data, dtype=dtype),
+                imagej=True,
+                metadata={"axes": tf_axes, **physical["metadata"]},
+                resolution=physical["resolution"],
+            )
+        return
+    resolution = (1.0, 1.0)  # the kit's default: no physical size
+    if pixel_size is not None and pixel_size.known and pixel_size.unit == "um":
+        x = pixel_size.x
+        resolution = (1e4 / x, 1e4 / (pixel_size.y or x))  # pixels per cm; no Z step outside ImageJ
     with atomic_path(Path(path), overwrite) as tmp:
         tifffile.imwrite(
             tmp,
             np.ascontiguousarray(data, dtype=dtype),
-            metadata={"axes": tf_axes, **physical["metadata"]},
-            resolution=physical["resolution"],
+            metadata={"axes": tf_axes},
+            resolution=resolution,
             resolutionunit="CENTIMETER",
             photometric="minisblack",
         )

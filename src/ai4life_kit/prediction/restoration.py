@@ -109,15 +109,18 @@ class RestorationPredictor:
         return tuple(upsampled_length(n, f) if a == "Z" else n for a, n in zip(axes, shape, strict=True))
 
     def output_pixel_size(self, size: PixelSize) -> PixelSize:
-        """The output's pixel size: lateral sizes over ``factor`` (super-resolution); Z at the lateral size (isotropic).
+        """The output's pixel size: lateral sizes over ``factor`` (super-resolution); Z over ``factor`` (isotropic).
 
-        Without a recorded Z step, the isotropic output's Z step is the lateral pixel size (in
-        pixels, 1.0, when that is not recorded either): that is what ``factor`` promised.
+        Isotropic without a recorded Z step: the lateral pixel size, which is what ``factor``
+        promised (1 lateral pixel, ``unit="pixel"``, when nothing is recorded at all).
         """
         if self.task.kind == "super_resolution":
             return size.scaled(x=self.factor, y=self.factor)
-        lateral = size.x
-        return PixelSize(size.x, size.y, lateral if lateral is not None else 1.0)
+        if size.z is not None:
+            return size.scaled(z=self.factor)
+        if size.known:
+            return PixelSize(size.x, size.y, size.x, size.unit)
+        return PixelSize(1.0, 1.0, 1.0, "pixel")
 
     def _slices(self, shape: tuple[int, ...], axes: str) -> list[tuple[int, tuple[int, int]]]:
         """Isotropic: ``(count, (Z', side))`` of the XZ and the YZ slices of an input."""
@@ -127,8 +130,14 @@ class RestorationPredictor:
         zz = upsampled_length(z, self.factor)
         return [(canon_shape[0] * y, (zz, x)), (canon_shape[0] * x, (zz, y))]
 
+    def _check_tile(self, tile: Sequence[int] | None) -> None:
+        if tile is not None and len(tile) != 2:
+            on = "the XZ and YZ slices (Z', X) / (Z', Y)" if self.task.kind == "isotropic" else "the output's Y and X"
+            raise UserInputError(f"--tile: this model tiles {on}, so give 2 sizes, not {len(tile)}")
+
     def n_tiles(self, shape: tuple[int, ...], axes: str, tile: Sequence[int] | None = None) -> int:
         """Tiles :meth:`predict` runs (for progress bars)."""
+        self._check_tile(tile)
         if self.task.kind == "super_resolution":
             return self.inner.n_tiles(self.output_shape(shape, axes), axes, tile)
         return sum(n * len(self.inner.plan(side, tile)) for n, side in self._slices(shape, axes))
@@ -144,6 +153,7 @@ class RestorationPredictor:
         progress: Callable[[int], None] | None = None,
     ) -> np.ndarray:
         """Restore an image (super-resolution) or a volume (isotropic); float32, :meth:`output_shape`."""
+        self._check_tile(tile)
         layout = self.check_input(array.shape, axes)
         options: dict[str, Any] = {
             "tile": tile,

@@ -227,7 +227,7 @@ def _prepare_data(
     )
     try:
         if restoring:
-            ts = make_restoration_pairs(ts, task, spec.training.seed)
+            ts = make_restoration_pairs(ts, task, spec.training.seed, spec.data.patch_size)
             if log is not None and task.makes_pairs:
                 log(f"{task.kind.replace('_', '-')}: {sum(x.shape[0] for x in ts.images)} semi-synthetic pair(s) made")
         dev = dist.device

@@ -53,7 +53,10 @@ def degradation_of(task: TaskConfig, spatial_ndim: int = 2) -> Degradation:
         sigmas, subsample, mode = (sigma,) * spatial_ndim, (), "bin"
     psf = None
     if d.psf is not None:
-        psf = read_psf(Path(d.psf), 2 if task.kind != "deconvolution" else spatial_ndim)
+        if task.kind == "isotropic":  # the extra axial blur, a profile along Y of the lateral slices
+            psf = read_psf(Path(d.psf), 1)[:, None]
+        else:
+            psf = read_psf(Path(d.psf), 2 if task.kind == "super_resolution" else spatial_ndim)
     if sigma == 0 or psf is not None:
         blur_axes, sigmas = (), ()
     return Degradation(
@@ -95,6 +98,12 @@ def _flat(arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
     return out
 
 
+def _per_channel(degradation: Degradation, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``degradation`` of a ``(S, C, ...)`` image channel by channel: each gets ``peak`` photons at its own
+    99.9th percentile (a dim channel would otherwise get a fraction of the noise level asked for)."""
+    return np.concatenate([degradation.apply(image[:, c : c + 1], rng) for c in range(image.shape[1])], axis=1)
+
+
 def _degraded_input(clean: np.ndarray, task: TaskConfig, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """``(input, target)`` of one clean ``(S, C, *spatial)`` image, both on the target's grid."""
     f = task.factor
@@ -102,15 +111,17 @@ def _degraded_input(clean: np.ndarray, task: TaskConfig, rng: np.random.Generato
     if task.kind == "super_resolution":
         ny, nx = (n // f * f for n in clean.shape[-2:])  # whole low-resolution pixels only
         target = clean[..., :ny, :nx]
-        return upsample_lateral(degradation.apply(target, rng), f), target
+        return upsample_lateral(_per_channel(degradation, target, rng), f), target
     if task.kind == "isotropic":
-        low = degradation.apply(clean, rng)
+        low = _per_channel(degradation, clean, rng)
         n = upsampled_length(low.shape[-2], f)  # the target rows the samples span
         return upsample_axis(low, f, axis=-2), clean[..., :n, :]
-    return degradation.apply(clean, rng), clean
+    return _per_channel(degradation, clean, rng), clean
 
 
-def make_restoration_pairs(ts: TrainingSet, task: TaskConfig, seed: int) -> TrainingSet:
+def make_restoration_pairs(
+    ts: TrainingSet, task: TaskConfig, seed: int, patch: Sequence[int] | None = None
+) -> TrainingSet:
     """``ts`` (in memory, not yet normalised) with inputs and targets for ``task``.
 
     Parameters
@@ -123,6 +134,9 @@ def make_restoration_pairs(ts: TrainingSet, task: TaskConfig, seed: int) -> Trai
         The spec's task (not ``denoise``).
     seed
         The training seed (the pairs' noise is drawn from it).
+    patch
+        The training patch size: an isotropic image whose sampled rows cannot hold one is refused,
+        naming the rows it keeps.
     """
     if ts.lazy:
         raise DataError(f"task {task.kind!r} makes its training pairs in memory; use data.loading: memory")
@@ -135,8 +149,15 @@ def make_restoration_pairs(ts: TrainingSet, task: TaskConfig, seed: int) -> Trai
     rng = np.random.default_rng([seed, _PAIRS_STREAM])
     pairs = []
     for image, name in zip(ts.images, ts.names, strict=True):
-        if task.kind == "isotropic" and image.shape[-2] < 2 * f:
-            raise DataError(f"{name}: Y is {image.shape[-2]} pixels, too short to sample every {f} (anisotropy)")
+        if task.kind == "isotropic":
+            rows = image.shape[-2]
+            kept = upsampled_length(-(-rows // f), f) if rows >= 2 * f else 0
+            if rows < 2 * f or (patch is not None and kept < patch[0]):
+                why = f"the patch size is {patch[0]}" if rows >= 2 * f else "at least two samples are needed"
+                raise DataError(
+                    f"{name}: Y is {rows} pixels, which keeps {kept} rows when sampled every {f} (the anisotropy), "
+                    f"and {why}"
+                )
         pairs.append(_degraded_input(image, task, rng))
     inputs = _flat([p[0] for p in pairs])
     targets = _flat([p[1] for p in pairs])
@@ -159,6 +180,8 @@ def write_pairs_plot(path: Path, ts: TrainingSet, task: TaskConfig, n: int = 3, 
     fig, axes = plt.subplots(len(picks), 2, figsize=(6, 3 * len(picks)), squeeze=False)
     for row, (i, s) in enumerate(picks):
         x, y = ts.images[i][s, 0], ts.targets[i][s, 0]
+        if x.ndim == 3:  # a 3D model's volume: its middle Z plane
+            x, y = x[x.shape[0] // 2], y[y.shape[0] // 2]
         cy, cx = (max(0, (m - crop) // 2) for m in y.shape[-2:])
         window = (slice(cy, cy + crop), slice(cx, cx + crop))
         for col, (image, title) in enumerate(((x, "input (degraded, interpolated)"), (y, "target"))):
