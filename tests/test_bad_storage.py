@@ -309,3 +309,26 @@ def test_broken_pipe_is_not_an_internal_error():
         f"{sys.executable} -m ai4life_kit train --help | head -n 1", shell=True, capture_output=True, text=True
     )
     assert "Internal error" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_a_sigterm_that_a_library_wraps_in_its_own_error_still_exits_143(tmp_path, monkeypatch):
+    """pydantic's serializer turns the Terminated of a SIGTERM into a PydanticSerializationError
+    (seen in CI, during package); the command must still say "Terminated." and exit 143."""
+    import ai4life_kit.config as config
+
+    def wrapping_library(*args, **kwargs):
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler raises Terminated here
+        except BaseException as exc:
+            raise RuntimeError(f"serialization failed: {exc!r}") from None
+        raise AssertionError("SIGTERM did not arrive")
+
+    monkeypatch.setattr(config, "load_spec", wrapping_library)
+    result = invoke("train", tmp_path / "spec.yaml", "--data", tmp_path / "x.tif", "--out", tmp_path / "run")
+    assert result.exit_code == 143, result.output
+    assert "Terminated." in result.output and "Internal error" not in result.output
+    # and a later command in the same process is not taken for a terminated one
+    monkeypatch.setattr(config, "load_spec", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("a bug")))
+    result = invoke("train", tmp_path / "spec.yaml", "--data", tmp_path / "x.tif", "--out", tmp_path / "run")
+    assert result.exit_code == 1 and "Internal error: RuntimeError: a bug" in result.output

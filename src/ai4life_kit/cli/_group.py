@@ -81,6 +81,11 @@ class KitGroup(TyperGroup):
             # vendors click in recent versions, so match on the module, not on a class.
             if type(exc).__module__.startswith(("typer", "click")) or os.environ.get("AI4LIFE_KIT_DEBUG"):
                 raise
+            if _TERMINATED.is_set():
+                # The SIGTERM's Terminated was raised inside code that wraps what it catches (pydantic's
+                # serializer turns it into a PydanticSerializationError); the cleanups have run all the same.
+                typer.echo("Terminated.", err=True)
+                raise typer.Exit(143) from None
             # An internal bug: still one line, unless debugging.
             typer.echo(
                 f"Internal error: {type(exc).__name__}: {exc} (set AI4LIFE_KIT_DEBUG=1 for the traceback)",
@@ -105,6 +110,10 @@ def _os_error_line(exc: OSError) -> tuple[str, int]:
     return f"{exc.strerror or type(exc).__name__}{where}", 1
 
 
+# Set by the SIGTERM handler: a Terminated that a library wrapped in its own exception still exits 143.
+_TERMINATED = threading.Event()
+
+
 @contextlib.contextmanager
 def _sigterm_unwinds() -> Iterator[None]:
     """Turn the first SIGTERM into :class:`Terminated` so that temporaries are removed as on Ctrl-C.
@@ -120,8 +129,10 @@ def _sigterm_unwinds() -> Iterator[None]:
 
     def handler(signum, frame):
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        _TERMINATED.set()
         raise Terminated
 
+    _TERMINATED.clear()
     signal.signal(signal.SIGTERM, handler)
     try:
         yield
