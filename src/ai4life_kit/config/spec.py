@@ -22,14 +22,15 @@ __all__ = [
     "TrainingConfig",
     "DegradationConfig",
     "TaskConfig",
-    "TASKS",
+    "RESAMPLING_TASKS",
     "TrainingSpec",
     "SELF_SUPERVISED",
 ]
 
 SPEC_VERSION = 1
 SELF_SUPERVISED = ("n2v", "n2v2", "structn2v")
-TASKS = ("denoise", "super_resolution", "isotropic", "deconvolution")
+# The tasks whose output is sampled more finely than the input (a resampling predictor, 2D network).
+RESAMPLING_TASKS = ("super_resolution", "isotropic")
 
 
 class _Strict(BaseModel):
@@ -221,7 +222,7 @@ class TaskConfig(_Strict):
     def _consistent(self) -> TaskConfig:
         if self.kind == "denoise" and (self.factor != 1 or self.semi_synthetic):
             raise ValueError("task.factor and task.semi_synthetic belong to restoration tasks, not to 'denoise'")
-        if self.kind in ("super_resolution", "isotropic") and self.factor < 2:
+        if self.resamples and self.factor < 2:
             raise ValueError(f"task.kind {self.kind!r} needs task.factor >= 2, got {self.factor}")
         if self.kind == "deconvolution" and self.factor != 1:
             raise ValueError("task.factor must be 1 for deconvolution (the output keeps the input's size)")
@@ -229,6 +230,11 @@ class TaskConfig(_Strict):
         if self.kind == "deconvolution" and self.semi_synthetic and d.psf_sigma == 0 and d.psf is None:
             raise ValueError("semi-synthetic deconvolution needs task.degradation.psf_sigma > 0 or a psf image")
         return self
+
+    @property
+    def resamples(self) -> bool:
+        """The output is sampled ``factor`` times more finely than the input (super-resolution, isotropic)."""
+        return self.kind in RESAMPLING_TASKS
 
     @property
     def makes_pairs(self) -> bool:
@@ -272,7 +278,7 @@ class TrainingSpec(_Strict):
         if self.task.kind != "denoise":
             if self.algorithm.name != "care":
                 raise ValueError(f"task.kind {self.task.kind!r} trains CARE (algorithm.name: care)")
-            if self.task.kind in ("super_resolution", "isotropic") and dims != 2:
+            if self.task.resamples and dims != 2:
                 raise ValueError(f"task.kind {self.task.kind!r} uses a 2D network (data.dims: 2)")
         if self.data.axes is not None:
             if dims == 3 and "Z" not in self.data.axes:

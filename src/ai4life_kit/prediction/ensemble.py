@@ -22,14 +22,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from ai4life_kit.config.spec import TaskConfig
 from ai4life_kit.errors import ModelLoadError, UserInputError
 from ai4life_kit.laplace import ensemble_disagreement, ensemble_scale
 from ai4life_kit.prediction.predictor import Predictor
-from ai4life_kit.prediction.restoration import RESAMPLING_TASKS, RestorationPredictor
+from ai4life_kit.prediction.restoration import RestorationPredictor
 from ai4life_kit.rundir import is_ensemble_dir, read_ensemble
 
-__all__ = ["EnsemblePredictor", "load_model", "run_task"]
+__all__ = ["EnsemblePredictor", "load_model"]
 
 
 class EnsemblePredictor:
@@ -147,21 +146,6 @@ def load_model(
     if is_ensemble_dir(model):
         return EnsemblePredictor.from_dir(model, device)
     predictor = Predictor.load(model, device)
-    task = run_task(model) if model.is_dir() else None
-    if task is not None and task.kind in RESAMPLING_TASKS:
-        return RestorationPredictor(predictor, task)
+    if predictor.task is not None and predictor.task.resamples:
+        return RestorationPredictor(predictor, predictor.task)
     return predictor
-
-
-def run_task(run_dir: Path) -> TaskConfig | None:
-    """The task in a run directory's ``spec.yaml`` (``None`` without one: runs before tasks denoise)."""
-    from ai4life_kit.config import load_spec
-    from ai4life_kit.errors import ConfigError
-
-    path = Path(run_dir) / "spec.yaml"
-    if not path.is_file():
-        return None
-    try:
-        return load_spec(path).task
-    except ConfigError as exc:
-        raise ModelLoadError(f"{run_dir} is not a usable run directory: {exc}") from None

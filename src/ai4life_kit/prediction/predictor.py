@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ai4life_kit.config.spec import TaskConfig, TrainingSpec
 from ai4life_kit.data.axes import Layout
 from ai4life_kit.data.normalization import PACKAGE_EPS, denormalise, input_eps, normalise, read_normalization
 from ai4life_kit.data.sources import ArraySource, ImageSource
@@ -40,8 +41,8 @@ DEFAULT_TILE = {2: 768, 3: 128}
 STREAM_ABOVE_BYTES = 2**30
 
 
-def _run_algorithm(run_dir: Path) -> str | None:
-    """The algorithm in a run directory's ``spec.yaml`` (``None`` without one)."""
+def _run_spec(run_dir: Path) -> TrainingSpec | None:
+    """A run directory's ``spec.yaml`` (``None`` without one)."""
     from ai4life_kit.config import load_spec
     from ai4life_kit.errors import ConfigError
 
@@ -49,7 +50,7 @@ def _run_algorithm(run_dir: Path) -> str | None:
     if not path.exists():
         return None
     try:
-        return load_spec(path).algorithm.name
+        return load_spec(path)
     except ConfigError as exc:
         raise ModelLoadError(f"{run_dir} is not a usable run directory: {exc}") from None
 
@@ -92,6 +93,10 @@ class Predictor:
         ``torch`` (default) or ``onnx``: the same tiles through ONNX Runtime (CPU, fp32; needs
         onnxruntime), about 2x faster for 2D models on CPUs, slower for 3D
         (:mod:`~ai4life_kit.prediction.onnx_engine`).
+    task
+        The run's restoration task (from its ``spec.yaml``; ``None`` for packages): a resampling
+        task makes :func:`~ai4life_kit.prediction.load_model` wrap this predictor in a
+        :class:`~ai4life_kit.prediction.restoration.RestorationPredictor`.
     """
 
     def __init__(
@@ -109,6 +114,7 @@ class Predictor:
         algorithm: str | None = None,
         border: str = "network",
         engine: str = "torch",
+        task: TaskConfig | None = None,
     ) -> None:
         self.device = device if isinstance(device, torch.device) else resolve_device(device)
         self.spatial_ndim = int(spatial_ndim)
@@ -124,6 +130,7 @@ class Predictor:
         self.target_std = np.asarray(target_std, dtype=np.float64)
         self.eps = float(eps)
         self.algorithm = algorithm
+        self.task = task
         # Off where an axis has a direction the network learnt (isotropic CARE's axial axis).
         self.tta_rotations = True
         self.depth = int(depth)
@@ -203,6 +210,7 @@ class Predictor:
         norm = read_normalization(norm_path, n_in, int(args.get("out_channels", n_in)))
         model = UNet(**args)
         model.load_state_dict(ckpt.model_state)
+        spec = _run_spec(run_dir)
         return cls(
             model,
             norm.mean,
@@ -213,7 +221,8 @@ class Predictor:
             depth=args["depth"],
             device=device,
             eps=input_eps(norm.std),  # what the run's package will declare
-            algorithm=_run_algorithm(run_dir),
+            algorithm=spec.algorithm.name if spec is not None else None,
+            task=spec.task if spec is not None else None,
         )
 
     @classmethod

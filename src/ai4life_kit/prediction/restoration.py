@@ -27,9 +27,8 @@ from ai4life_kit.errors import DataError, UserInputError
 from ai4life_kit.prediction.predictor import Predictor
 from ai4life_kit.prediction.resample import upsample_axis, upsample_lateral, upsampled_length
 
-__all__ = ["RestorationPredictor", "RESAMPLING_TASKS", "COMBINE"]
+__all__ = ["RestorationPredictor", "COMBINE"]
 
-RESAMPLING_TASKS = ("super_resolution", "isotropic")
 COMBINE = ("mean", "geometric")
 
 
@@ -47,7 +46,7 @@ class RestorationPredictor:
     """
 
     def __init__(self, predictor: Predictor, task: TaskConfig, combine: str = "mean") -> None:
-        if task.kind not in RESAMPLING_TASKS:
+        if not task.resamples:
             raise ValueError(f"task {task.kind!r} does not resample; use the Predictor itself")
         if combine not in COMBINE:
             raise UserInputError(f"combine {combine!r}: choose one of {', '.join(COMBINE)}")
@@ -125,10 +124,10 @@ class RestorationPredictor:
     def _slices(self, shape: tuple[int, ...], axes: str) -> list[tuple[int, tuple[int, int]]]:
         """Isotropic: ``(count, (Z', side))`` of the XZ and the YZ slices of an input."""
         layout = self.check_input(shape, axes)
-        canon_shape = (int(np.prod([shape[axes.index(a)] for a in layout._batch_letters], dtype=np.int64)),)
+        n_samples = int(np.prod([shape[axes.index(a)] for a in layout._batch_letters], dtype=np.int64))
         z, y, x = (shape[axes.index(a)] for a in "ZYX")
         zz = upsampled_length(z, self.factor)
-        return [(canon_shape[0] * y, (zz, x)), (canon_shape[0] * x, (zz, y))]
+        return [(n_samples * y, (zz, x)), (n_samples * x, (zz, y))]
 
     def _check_tile(self, tile: Sequence[int] | None) -> None:
         if tile is not None and len(tile) != 2:

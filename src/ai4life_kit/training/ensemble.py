@@ -100,7 +100,7 @@ def train_ensemble(
         raise UserInputError(f"--ensemble {members}: an ensemble needs at least {MIN_MEMBERS} members")
     if launch_world_size() > 1:
         raise UserInputError("--ensemble trains its members one after another; run it without torchrun")
-    if spec.task.kind in ("super_resolution", "isotropic"):
+    if spec.task.resamples:
         raise UserInputError(f"--ensemble is not offered for {spec.task.kind.replace('_', '-')} recipes yet")
     check_location(out, folder=True)
     names = [member_dir(out, i).name for i in range(1, members + 1)]
