@@ -250,6 +250,15 @@ def _train(root: Path, case: str) -> Path:
         save_spec(parse_spec(raw, "sr2x"), root / "sr2x-small.yaml")
         args = [root / "sr2x-small.yaml", "--data", sim["gt"][0].parent]
         args += ["--epochs", "1", "--steps-per-epoch", "6", "--batch-size", "4"]
+    elif case == "iso-3d":  # isotropic reconstruction: a 2D network on the XZ and YZ slices, 4x the z planes
+        from ai4life_kit.config.io import save_spec
+
+        sim = simulate_dataset(root / "sim", shape=(24, 72, 72), n=1, seed=36)
+        raw = small_spec("care", 2, model__depth=1, model__width=8).model_dump(mode="json")
+        raw["task"] = {"kind": "isotropic", "factor": 4}
+        save_spec(parse_spec(raw, "iso"), root / "iso-small.yaml")
+        args = [root / "iso-small.yaml", "--data", sim["noisy"][0], "--patch-size", "32,32"]
+        args += ["--epochs", "1", "--steps-per-epoch", "6", "--batch-size", "4"]
     else:  # three channels
         import tifffile
 
@@ -289,7 +298,7 @@ def _assert_all_passed(report: c.ConsumerReport) -> None:
 
 
 @pytest.mark.consumers
-@pytest.mark.parametrize("case", ["n2v2-2d-folder", "care-3d", "n2v-3ch", "pcare-2d", "sr2x-2d"])
+@pytest.mark.parametrize("case", ["n2v2-2d-folder", "care-3d", "n2v-3ch", "pcare-2d", "sr2x-2d", "iso-3d"])
 def test_package_passes_in_every_consumer_runtime(installed_runtimes, packages, case):
     if case == "pcare-2d":  # the two named output channels of a probabilistic package
         with zipfile.ZipFile(packages(case)) as zf:
@@ -318,7 +327,7 @@ def test_package_passes_in_every_consumer_runtime(installed_runtimes, packages, 
     assert "blocks" in ilastik["torchscript"].detail and ", 0 of " in ilastik["torchscript"].detail
     assert ilastik["onnx"].status == "n/a"
     qupath = report.cells["qupath"]
-    if case == "care-3d":
+    if case in ("care-3d", "iso-3d"):
         assert qupath == {"rules": c.Cell("n/a", "QuPath runs 2D models only")}
     else:
         assert qupath["torchscript"].status == "passed"

@@ -132,7 +132,7 @@ def test_halo_covers_receptive_field_and_min_exceeds_twice_halo(depth):
 def test_valid_size_is_min_plus_n_steps():
     halo, step = 12, 2
     for available in (5, 26, 27, 40, 41, 300):
-        size = valid_size(available, halo, step, cap=64)
+        size = valid_size(available, min_size(halo, step), step, cap=64)
         assert (size - min_size(halo, step)) % step == 0
         assert size == 26 or size <= min(available, 64)
 

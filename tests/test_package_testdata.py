@@ -24,7 +24,7 @@ from ai4life_kit.data.loading import load_training_set, split_validation
 from ai4life_kit.errors import DataError, UserInputError
 from ai4life_kit.export import load_run, package_run
 from ai4life_kit.export.cover import COVER_MAX_BYTES, write_cover
-from ai4life_kit.export.testdata import make_test_input, training_files, valid_size
+from ai4life_kit.export.testdata import make_test_input, min_size, training_files, valid_size
 from ai4life_kit.models.unet import UNet
 from ai4life_kit.simulate import simulate_dataset
 from ai4life_kit.training import train
@@ -50,7 +50,7 @@ def tiny_spec(algorithm: str = "n2v2", **overrides):
 def expected_crop(image: np.ndarray, run_dir: Path) -> np.ndarray:
     """The centre crop of valid size of a 2D ``y, x`` image for the run's model, as float32."""
     run = load_run(run_dir)
-    sizes = [valid_size(n, run.halo, run.step, 256) for n in image.shape]
+    sizes = [valid_size(n, min_size(run.halo, run.step), run.step, 256) for n in image.shape]
     starts = [(n - s) // 2 for n, s in zip(image.shape, sizes, strict=True)]
     return image[starts[0] : starts[0] + sizes[0], starts[1] : starts[1] + sizes[1]].astype(np.float32)
 

@@ -193,10 +193,12 @@ def test_isotropic_output_has_the_lateral_sampling_along_z_and_combines_xz_and_y
     assert iso.output_pixel_size(PixelSize()) == PixelSize(1.0, 1.0, 1.0, "pixel")
     with pytest.raises(UserInputError, match="give 2 sizes"):
         iso.predict(volume, "ZYX", tile=(80, 80, 80))
-    # the mean of the network on every XZ slice and on every YZ slice of the Z-interpolated volume
-    fine = upsample_axis(volume, 3, axis=0)
-    xz = np.stack([iso.inner.predict(fine[:, y, :], "YX") for y in range(40)], axis=1)
-    yz = np.stack([iso.inner.predict(fine[:, :, x], "YX") for x in range(36)], axis=2)
+    # the mean of the network on every XZ slice and on every YZ slice of the Z-interpolated volume, on
+    # the package's grid (3 Z planes per plane, the last held), the 2 planes past the volume dropped
+    fine = upsample_axis(volume, 3, axis=0, hold_last=True)
+    assert fine.shape[0] == 18
+    xz = np.stack([iso.inner.predict(fine[:, y, :], "YX") for y in range(40)], axis=1)[:16]
+    yz = np.stack([iso.inner.predict(fine[:, :, x], "YX") for x in range(36)], axis=2)[:16]
     np.testing.assert_allclose(out, (xz + yz) / 2, rtol=1e-4, atol=1e-3)
     iso.combine = "geometric"
     np.testing.assert_allclose(iso.predict(volume, "ZYX"), np.sqrt(np.maximum(xz, 0) * np.maximum(yz, 0)), atol=1e-3)
@@ -251,8 +253,12 @@ def test_pixel_sizes_round_trip_as_imagej_hyperstacks_fiji_reads(tmp_path):
 def _train_iso(tmp_path, volume, steps=25, epochs=2, **kw):
     spec = restoration_spec("isotropic", 4, psf_sigma=2.0)
     raw = spec.model_dump(mode="json")
-    raw["training"] |= {"epochs": epochs, "steps_per_epoch": steps, **kw}
+    raw["training"] |= {"epochs": epochs, "steps_per_epoch": steps, **{k: v for k, v in kw.items() if "__" not in k}}
     raw["data"]["patch_size"] = [32, 32]
+    for dotted, value in kw.items():  # section__key overrides, as kit_helpers.small_spec takes them
+        if "__" in dotted:
+            section, key = dotted.split("__")
+            raw[section][key] = value
     path = tmp_path / "aniso.tif"
     tifffile.imwrite(
         path, volume, imagej=True, resolution=(1 / 0.2, 1 / 0.2), metadata={"spacing": 0.8, "unit": "um", "axes": "ZYX"}
@@ -373,13 +379,106 @@ def test_a_super_resolution_package_declares_its_2x_output_and_passes_bioimageio
         Predictor.from_bioimageio(out, "cpu")
 
 
-def test_an_isotropic_run_is_not_packaged_and_says_why(tmp_path):
+def _iso_run_info(factor: int, depth: int = 2, width: int = 8, **model):
+    """A :class:`RunInfo` of an (untrained) isotropic run: the package geometry without training."""
+    from ai4life_kit.export.rundir import RunInfo
+
+    args = {"dims": 2, "in_channels": 1, "out_channels": 1, "depth": depth, "width": width, **model}
+    one = [1.0]
+    return RunInfo(Path("run"), restoration_spec("isotropic", factor), args, {}, [0.0], one, [0.0], one)
+
+
+@pytest.mark.parametrize("factor", [2, 3, 4, 8])
+def test_isotropic_package_network_is_the_2d_network_on_xz_and_yz_slices_of_the_run_s_grid(factor):
+    from ai4life_kit.models.unet import IsotropicUNet
+
+    torch.manual_seed(factor)
+    info = _iso_run_info(factor, residual=True)
+    model = IsotropicUNet(**info.package_model_args).eval()
+    net = UNet(**info.model_args).eval()
+    net.load_state_dict(model.state_dict())  # the same keys: the run's state dict loads as it is
+    z_axis = info.package_axes[0]
+    volume = torch.randn(1, 1, z_axis.min, 16, 20)
+    with torch.no_grad():
+        out = model(volume)
+        fine = torch.from_numpy(upsample_axis(volume.numpy(), factor, axis=2, hold_last=True))
+        xz = torch.stack([net(fine[:, :, :, j]) for j in range(16)], dim=3)
+        yz = torch.stack([net(fine[:, :, :, :, j]) for j in range(20)], dim=4)
+        scripted = torch.jit.script(model)(volume)
+    assert out.shape == (1, 1, factor * z_axis.min, 16, 20)
+    torch.testing.assert_close(out, (xz + yz) / 2, rtol=0, atol=1e-5)
+    torch.testing.assert_close(scripted, out, rtol=0, atol=1e-6)
+    # every valid z size keeps factor * Z a multiple of the network's step
+    assert (factor * z_axis.min) % info.step == 0 and (factor * z_axis.step) % info.step == 0
+
+
+@pytest.mark.parametrize("factor", [4, 8])
+def test_isotropic_package_z_blocks_with_the_declared_halo_meet_without_seams(factor):
+    """What ilastik and deepImageJ do along z: blocks of the input with the output halo (in input planes) cut."""
+    from ai4life_kit.models.unet import IsotropicUNet
+
+    torch.manual_seed(0)
+    info = _iso_run_info(factor)
+    z = info.package_axes[0]
+    assert z.factor == factor and z.halo % factor == 0
+    assert z.halo >= info.halo + factor  # the network's radius on the fine grid plus one interpolation interval
+    model = IsotropicUNet(**info.package_model_args).eval()
+    h = z.halo // factor  # input planes
+    n = 2 * z.min
+    volume = torch.randn(1, 1, n, 12, 12)
+    cut = n // 2
+    with torch.no_grad():
+        whole = model(volume)
+        first = model(volume[:, :, : cut + h])[:, :, : factor * cut]
+        second = model(volume[:, :, cut - h :])[:, :, factor * h :]
+    torch.testing.assert_close(torch.cat([first, second], dim=2), whole, rtol=0, atol=1e-5)
+    # control: a halo of one plane shows the seam this comparison would catch
+    with torch.no_grad():
+        short = model(volume[:, :, : cut + 1])[:, :, : factor * cut]
+    assert (short - whole[:, :, : factor * cut]).abs().max() > 1e-3
+
+
+def test_a_probabilistic_isotropic_run_is_not_packaged_and_says_why(tmp_path):
     from ai4life_kit.errors import ModelLoadError
     from ai4life_kit.export.rundir import load_run
 
-    run, _ = _train_iso(tmp_path, blobs((8, 64, 64), seed=13), steps=2, epochs=1)
-    with pytest.raises(ModelLoadError, match="cannot describe its slice-wise prediction"):
+    run, _ = _train_iso(tmp_path, blobs((8, 64, 64), seed=13), steps=2, epochs=1, algorithm__loss="laplace")
+    with pytest.raises(ModelLoadError, match="would average two Laplace scales"):
         load_run(run)
+
+
+@pytest.mark.slow
+def test_an_isotropic_package_declares_its_4x_z_and_agrees_with_the_run_directory(tmp_path):
+    import zipfile
+
+    import yaml
+
+    from ai4life_kit.export import package_run
+
+    run, _ = _train_iso(tmp_path, blobs((30, 96, 96), seed=13), steps=4, epochs=1)
+    out = tmp_path / "iso.bioimageio.zip"
+    result = package_run(run, out, authors=["Ada Lovelace"])  # bioimageio.core's test, every weight format
+    assert result.report is not None and result.report.passed
+    with zipfile.ZipFile(out) as zf:
+        rdf = yaml.safe_load(zf.read("rdf.yaml"))
+        test_in = np.load(zf.open("test_input.npy"))
+        test_out = np.load(zf.open("test_output.npy"))
+        readme = zf.read("README.md").decode()
+    assert set(rdf["weights"]) == {"pytorch_state_dict", "torchscript", "onnx"}
+    assert rdf["weights"]["pytorch_state_dict"]["architecture"]["callable"] == "IsotropicUNet"
+    assert rdf["weights"]["pytorch_state_dict"]["architecture"]["kwargs"]["factor"] == 4
+    space_in = {a["id"]: a["size"] for a in rdf["inputs"][0]["axes"] if a["type"] == "space"}
+    space_out = {a["id"]: (a["scale"], a["halo"]) for a in rdf["outputs"][0]["axes"] if a["type"] == "space"}
+    halo = load_model(run, "cpu").inner.halo
+    assert space_out == {"z": (0.25, 4 * (-(-halo // 4) + 1)), "y": (1.0, halo), "x": (1.0, halo)}
+    assert space_in["y"] == {"min": 2 * halo + 4, "step": 4} and space_in["z"]["step"] == 1
+    z, ny, nx = test_in.shape[2:]
+    assert test_out.shape == (1, 1, 4 * z, ny, nx) and z >= space_in["z"]["min"]
+    assert "Isotropic reconstruction" in readme and "4(Z - 1) + 1 planes" in readme
+    # the run directory's prediction is the package's output without the 3 planes past the volume
+    kit = load_model(run, "cpu").predict(test_in[0, 0], "ZYX")
+    assert kit.shape == (upsampled_length(z, 4), ny, nx)
+    np.testing.assert_allclose(kit, test_out[0, 0, : kit.shape[0]], rtol=1e-4, atol=1e-3)
 
 
 def test_a_psf_image_degrades_as_the_gaussian_it_samples_and_a_bad_one_is_refused(tmp_path):

@@ -118,11 +118,11 @@ def compute_test_output(run: RunInfo, model, array: np.ndarray) -> np.ndarray:
 
     from ai4life_kit.data.normalization import denormalise, input_eps, normalise
 
-    x = normalise(np.asarray(array, np.float32), run.mean, run.std, run.dims, eps=input_eps(run.std))
+    x = normalise(np.asarray(array, np.float32), run.mean, run.std, run.package_dims, eps=input_eps(run.std))
     with torch.no_grad():
         y = model(torch.from_numpy(x)).numpy()
     # A probabilistic network's scales (channels after the means) get the gain only: run.output_offset.
-    return denormalise(np.ascontiguousarray(y, np.float32), run.output_offset, run.output_gain, run.dims)
+    return denormalise(np.ascontiguousarray(y, np.float32), run.output_offset, run.output_gain, run.package_dims)
 
 
 def failed_package_path(out: Path) -> Path:

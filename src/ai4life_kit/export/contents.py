@@ -6,6 +6,7 @@ what the files are called inside the zip is :func:`package_paths`.
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ import numpy as np
 from ai4life_kit.export.cover import write_cover
 from ai4life_kit.export.docs import write_documentation
 from ai4life_kit.export.rundir import RunInfo
-from ai4life_kit.export.testdata import TestInput, min_size
+from ai4life_kit.export.testdata import TestInput
 
 __all__ = ["PackageInputs", "package_paths", "write_package_files"]
 
@@ -77,9 +78,11 @@ def _export_weights(run: RunInfo, model, files: dict[str, Path], tmp: Path, onnx
         import torch
 
         files["onnx"] = tmp / "weights.onnx"
-        example = torch.from_numpy(
-            np.zeros((1, run.in_channels) + (min_size(run.halo, run.step),) * run.dims, np.float32)
-        )
+        example = torch.from_numpy(np.zeros((1, run.in_channels, *(a.min for a in run.package_axes)), np.float32))
+        if run.isotropic:
+            # Tracing would unroll the loop over slice batches for the example's size only: one call for all.
+            model = copy.deepcopy(model)
+            model.slice_batch = 0
         weights.export_onnx(model, files["onnx"], example)
         formats.append("onnx")
     return formats
@@ -119,11 +122,14 @@ def write_package_files(
     label = {
         "super_resolution": f"output ({run.upsample_factor}x super-resolution)",
         "deconvolution": "output (deconvolved)",
+        "isotropic": "output (isotropic)",
     }
     write_cover(
         files["cover"],
         test_in.array,
         test_out[:, : run.out_channels],
-        labels=("input", label.get(run.spec.task.kind, "output (denoised)")),
+        labels=("input" + (" (XZ)" if run.isotropic else ""), label.get(run.spec.task.kind, "output (denoised)")),
+        # Isotropic: an XZ section shows what the model changed; the input's planes are drawn factor times as tall.
+        axial_factor=run.spec.task.factor if run.isotropic else None,
     )
     return files, formats

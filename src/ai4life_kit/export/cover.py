@@ -15,10 +15,18 @@ COVER_MAX_BYTES = 500_000
 _PERCENTILES = (1.0, 99.8)
 
 
-def _plane(tensor: np.ndarray) -> np.ndarray:
-    """``b, c, (z), y, x`` -> ``c, y, x``: the first batch item, the middle Z slice of a stack."""
+def _plane(tensor: np.ndarray, xz: bool = False, z_repeat: int = 1) -> np.ndarray:
+    """``b, c, (z), y, x`` -> ``c, y, x``: the first batch item, the middle Z slice of a stack.
+
+    ``xz``: the middle XZ section of a stack instead (``c, z, x``), each plane repeated
+    ``z_repeat`` times, so that sections of different Z sampling are drawn at one scale.
+    """
     a = np.asarray(tensor, dtype=np.float32)[0]
-    return a[:, a.shape[1] // 2] if a.ndim == 4 else a
+    if a.ndim == 3:
+        return a
+    if xz:
+        return np.repeat(a[:, :, a.shape[2] // 2], z_repeat, axis=1)
+    return a[:, a.shape[1] // 2]
 
 
 def _shared_stretch(planes: list[np.ndarray]) -> list[tuple[float, float]]:
@@ -91,6 +99,7 @@ def write_cover(
     side: int = 384,
     labels: Sequence[str] = ("input", "output (denoised)"),
     max_bytes: int = COVER_MAX_BYTES,
+    axial_factor: int | None = None,
 ) -> Path:
     """A 2:1 PNG: input | output of the test tensors, with one contrast stretch, labelled.
 
@@ -106,8 +115,14 @@ def write_cover(
         under ``max_bytes`` (noise compresses badly).
     labels
         Text drawn on the two panels.
+    axial_factor
+        Isotropic reconstruction: the output has this many Z planes per input plane; both panels
+        show the middle XZ section, the input's planes drawn this many times as tall.
     """
-    planes = [_plane(test_input), _plane(test_output)]
+    if axial_factor:
+        planes = [_plane(test_input, True, axial_factor), _plane(test_output, True)]
+    else:
+        planes = [_plane(test_input), _plane(test_output)]
     while True:
         buf = io.BytesIO()
         _render_cover(planes, labels, side).save(buf, format="PNG", optimize=True)

@@ -18,7 +18,6 @@ from ai4life_kit.errors import UserInputError
 from ai4life_kit.export._testrun import collect_leaked_files, register_github_users
 from ai4life_kit.export.docs import algorithm_info
 from ai4life_kit.export.rundir import RunInfo
-from ai4life_kit.export.testdata import min_size
 
 __all__ = ["build_checked", "build_model_descr", "default_description", "default_name", "package_tags"]
 
@@ -26,12 +25,22 @@ _TAGS_BASE = ["denoising", "pytorch", "unet", "fluorescence-light-microscopy"]
 _NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_+- ()")
 
 
+def _task_noun(run: RunInfo) -> str:
+    task = run.spec.task
+    return {
+        "super_resolution": f"{task.factor}x super-resolution",
+        "isotropic": f"isotropic reconstruction ({task.factor}x in z)",
+        "deconvolution": "deconvolution",
+    }.get(task.kind, "denoiser")
+
+
 def default_name(run: RunInfo) -> str:
     """The spec's name or ``<algorithm> <dims>D denoiser (<run folder>)``, in bioimage.io's characters."""
     if run.spec.name:
         name = run.spec.name
     else:
-        name = f"{algorithm_info(run)[0].tag.upper()} {run.dims}D denoiser ({run.run_dir.resolve().name})"
+        algo = algorithm_info(run)[0].tag.upper()
+        name = f"{algo} {run.package_dims}D {_task_noun(run)} ({run.run_dir.resolve().name})"
     name = "".join(c if c in _NAME_CHARS else "-" for c in name).strip()
     if len(name) < 5:
         name = f"{name} denoiser"
@@ -41,16 +50,16 @@ def default_name(run: RunInfo) -> str:
 def default_description(run: RunInfo) -> str:
     """``<algorithm> denoiser for fluorescence microscopy <2D images|3D stacks> (<n> channels), ...``."""
     algo = algorithm_info(run)[0]
-    kind = "3D stacks" if run.dims == 3 else "2D images"
+    kind = "3D stacks" if run.package_dims == 3 else "2D images"
     return (
-        f"{algo.title} denoiser for fluorescence microscopy {kind} "
+        f"{algo.title} {_task_noun(run)} for fluorescence microscopy {kind} "
         f"({run.in_channels} channel{'s' if run.in_channels > 1 else ''}), trained with ai4life-kit."
     )
 
 
 def package_tags(run: RunInfo) -> list[str]:
     """bioimage.io tags: denoising, framework, network, modality, ``2d``/``3d``, the credited algorithms."""
-    return [*_TAGS_BASE, f"{run.dims}d", *dict.fromkeys(i.tag for i in algorithm_info(run))]
+    return [*_TAGS_BASE, f"{run.package_dims}d", *dict.fromkeys(i.tag for i in algorithm_info(run))]
 
 
 def _input_normalisation(run: RunInfo):
@@ -85,10 +94,6 @@ def _version(v: str) -> str:
     return v.split("+")[0]
 
 
-def _space(run: RunInfo) -> list[str]:
-    return ["z", "y", "x"][-run.dims :]
-
-
 def _channel_axis(n: int, names: list[str] | None = None):
     from bioimageio.spec.model import v0_5 as m
 
@@ -112,10 +117,9 @@ def _input_descr(run: RunInfo, files: dict[str, Path]):
     """The input tensor: ``b, c, (z), y, x`` of sizes ``min + n * step``, normalised as in training."""
     from bioimageio.spec.model import v0_5 as m
 
-    smallest = min_size(run.halo, run.step)
     axes: list[Any] = [m.BatchAxis(), _channel_axis(run.in_channels)]
     axes += [
-        m.SpaceInputAxis(id=m.AxisId(a), size=m.ParameterizedSize(min=smallest, step=run.step)) for a in _space(run)
+        m.SpaceInputAxis(id=m.AxisId(a.id), size=m.ParameterizedSize(min=a.min, step=a.step)) for a in run.package_axes
     ]
     return m.InputTensorDescr(
         **_tensor_fields("input", files),
@@ -130,28 +134,32 @@ def _output_descr(run: RunInfo, files: dict[str, Path]):
     from bioimageio.spec.model import v0_5 as m
 
     axes: list[Any] = [m.BatchAxis(), _channel_axis(run.n_outputs, run.output_channel_names)]
-    # Super-resolution: y and x are upsample_factor times finer (scale: the size of a pixel), so
-    # their size is the input's times the factor (bioimage.io: reference size * its scale / this scale).
+    # Super-resolution (y, x) and isotropic reconstruction (z): the axis is `factor` times finer
+    # (scale: the size of a pixel), so its size is the input's times the factor (bioimage.io:
+    # reference size * its scale / this scale).
     f = run.upsample_factor
     axes += [
         m.SpaceOutputAxisWithHalo(
-            id=m.AxisId(a),
-            halo=run.output_halo,
-            size=m.SizeReference(tensor_id=m.TensorId("input"), axis_id=m.AxisId(a)),
-            scale=1.0 / f if a in "yx" else 1.0,
+            id=m.AxisId(a.id),
+            halo=a.halo,
+            size=m.SizeReference(tensor_id=m.TensorId("input"), axis_id=m.AxisId(a.id)),
+            scale=1.0 / a.factor,
         )
-        for a in _space(run)
+        for a in run.package_axes
     ]
+    if run.isotropic:
+        k = run.spec.task.factor
+        what = f"isotropic volume: {k}x the input's z planes (the last {k - 1} past it)"
+    elif f > 1:
+        what = f"restored image {f}x larger in y and x, in the input's intensity range"
+    else:
+        what = "restored (denoised) image in the input's intensity range"
     return m.OutputTensorDescr(
         **_tensor_fields("output", files),
         # at most 128 characters (bioimageio.spec); the README says the rest
         description="Laplace means (the denoised image, input's intensity range), then their scales b in the same units"
         if run.probabilistic
-        else (
-            f"restored image {f}x larger in y and x, in the input's intensity range"
-            if f > 1
-            else "restored (denoised) image in the input's intensity range"
-        ),
+        else what,
         axes=axes,
         postprocessing=[
             m.ScaleLinearDescr(
@@ -173,7 +181,9 @@ def _weights_descr(run: RunInfo, files: dict[str, Path]):
         "pytorch_state_dict": m.PytorchStateDictWeightsDescr(
             source=files["state_dict"],
             architecture=m.ArchitectureFromFileDescr(
-                source=files["architecture"], callable=m.Identifier("UNet"), kwargs=run.package_model_args
+                source=files["architecture"],
+                callable=m.Identifier(run.architecture_callable),
+                kwargs=run.package_model_args,
             ),
             pytorch_version=pytorch_version,
         ),
@@ -227,15 +237,17 @@ def _config(run: RunInfo):
     loss = getattr(run.spec.algorithm, "loss", "mse")
     return m.Config(
         bioimageio=m.BioimageioConfig(
-            architecture_type=f"{run.dims}D U-Net",
+            architecture_type=f"{run.dims}D U-Net" + (" on XZ and YZ slices" if run.isotropic else ""),
             architecture_description=(
                 f"U-Net, depth {run.depth}, width {run.model_args.get('width')}"
                 + (", N2V2 variant (max-blur pooling, no top skip connection)" if run.model_args.get("n2v2") else "")
             ),
             modality="fluorescence light microscopy",
-            task={"super_resolution": "super-resolution", "deconvolution": "deconvolution"}.get(
-                run.spec.task.kind, "denoising"
-            ),
+            task={
+                "super_resolution": "super-resolution",
+                "deconvolution": "deconvolution",
+                "isotropic": "isotropic reconstruction",
+            }.get(run.spec.task.kind, "denoising"),
             model_parameter_count=n_params,
             training=m.TrainingDetails(
                 training_preprocessing="zero-mean unit-variance normalisation with the training data statistics",

@@ -225,7 +225,11 @@ def _input_step(run: RunInfo) -> str:
 def _model_section(run: RunInfo, algo: AlgorithmInfo, weight_formats: list[str]) -> list[str]:
     """``## Model``: algorithm, network, tensors, processing with the training statistics, weight formats."""
     dims = run.dims
-    axes = "b, c, z, y, x" if dims == 3 else "b, c, y, x"
+    axes = "b, c, z, y, x" if run.package_dims == 3 else "b, c, y, x"
+    sizes = "; ".join(
+        f"{a.id} `{a.min} + n * {a.step}`" + (f" (output {a.factor}x)" if a.factor > 1 else "") + f", halo {a.halo}"
+        for a in run.package_axes
+    )
     n_params = sum(int(np.prod(t.shape)) for t in run.model_state.values() if hasattr(t, "shape"))
     norm = ", ".join(
         f"channel {c}: mean {m:.4g}, std {s:.4g}" for c, (m, s) in enumerate(zip(run.mean, run.std, strict=True))
@@ -242,8 +246,8 @@ def _model_section(run: RunInfo, algo: AlgorithmInfo, weight_formats: list[str])
         f"{'N2V2 variant (max-blur pooling, no top skip), ' if run.model_args.get('n2v2') else ''}"
         f"{n_params:,} parameters; architecture file `unet.py` (imports only torch).",
         f"- Input and output: one tensor each, axes `{axes}`, {run.in_channels} channel(s) in, "
-        f"{run.n_outputs} out; spatial sizes `{2 * run.halo + run.step} + n * {run.step}`; "
-        f"output halo {run.halo} pixels (the receptive-field radius).",
+        f"{run.n_outputs} out; input sizes and output halos (output pixels, at least the receptive-field "
+        f"radius {run.halo}): {sizes}.",
         f"- Pre-processing: {_input_step(run)} with the training statistics ({norm}).",
         f"- Post-processing: `scale_linear` back to raw intensities ({out_norm}).",
         f"- Weight formats: {', '.join(f'`{w}`' for w in weight_formats)}.",
@@ -266,6 +270,25 @@ def _task_lines(run: RunInfo) -> list[str]:
             f"(`upsample_factor` {task.factor} in `unet.py`), then restores what interpolation cannot; the output "
             f"halo is {run.output_halo} output pixels."
         )
+    elif task.kind == "isotropic":
+        f = task.factor
+        what = (
+            f"Isotropic reconstruction (CARE, Weigert et al. 2018) of volumes whose z step is {f} times their "
+            f"lateral pixel size: the output has {f} times the input's z planes (its z axis declares `scale` "
+            f"1/{f}). `IsotropicUNet` in `unet.py` interpolates the volume linearly along z (input plane k at "
+            f"output plane {f}k), runs the 2D network on every XZ and every YZ slice and averages the two. Past "
+            f"the last input plane the volume is held, so the last {f - 1} output planes lie beyond the "
+            f"acquired volume: drop them for the {f}(Z - 1) + 1 planes `ai4life-kit predict` writes (the same "
+            "values). Set the output's z pixel size to the input's over "
+            f"{f}. Trained on the volume's own lateral slices, sampled every {f} rows"
+            + (
+                f" after an extra axial blur of sigma {d.psf_sigma:g} pixels"
+                if d.psf_sigma
+                else (f" after blurring with the axial profile {Path(d.psf).name}" if d.psf else "")
+            )
+            + ", then interpolated back."
+        )
+        return ["### Restoration task", "", what, ""]
     else:
         what = "Deconvolution with denoising: the output keeps the input's size and restores the detail the PSF blurs."
     if task.semi_synthetic:

@@ -26,7 +26,28 @@ from ai4life_kit.rundir import (
     read_summary,
 )
 
-__all__ = ["RunInfo", "load_run", "halo_for_depth"]
+__all__ = ["PackageAxis", "RunInfo", "load_run", "halo_for_depth", "min_size"]
+
+
+def min_size(halo: int, step: int) -> int:
+    """Smallest valid spatial size: more than ``2 * halo`` and a multiple of ``step``."""
+    return 2 * halo + step
+
+
+@dataclass(frozen=True)
+class PackageAxis:
+    """One spatial axis of a package's tensors: the input's valid sizes, the output's halo and scale."""
+
+    id: str
+    """``z``, ``y`` or ``x``."""
+    min: int
+    """Smallest input size (input pixels)."""
+    step: int
+    """Valid input sizes are ``min + n * step``."""
+    halo: int
+    """The output's halo, in output pixels."""
+    factor: int = 1
+    """Output pixels per input pixel (bioimage.io: the output axis' ``scale`` is ``1 / factor``)."""
 
 
 @dataclass
@@ -113,19 +134,65 @@ class RunInfo:
         return self.halo if f == 1 else f * (-(-self.halo // f) + 1)
 
     @property
+    def isotropic(self) -> bool:
+        """An isotropic-reconstruction run: a 2D network, packaged as a volume-to-volume model."""
+        return self.spec.task.kind == "isotropic"
+
+    @property
+    def package_dims(self) -> int:
+        """Spatial axes of the package's tensors: the network's, or 3 for isotropic reconstruction."""
+        return 3 if self.isotropic else self.dims
+
+    @property
+    def package_axes(self) -> list[PackageAxis]:
+        """The package's spatial axes (``z, y, x`` order).
+
+        Same-size and super-resolution networks: every axis ``min = 2 * halo + step`` (halo in
+        input pixels). Isotropic reconstruction: y and x likewise; z carries the Z-interpolated
+        grid of :class:`~ai4life_kit.models.unet.IsotropicUNet`, ``factor`` output planes per
+        input plane, so its output halo is whole input planes covering the network's radius plus
+        the interpolation's one, and its valid sizes keep ``factor * Z`` a multiple of ``step``.
+        """
+        import math
+
+        lateral = min_size(self.halo, self.step)
+        if not self.isotropic:
+            f = self.upsample_factor
+            return [
+                PackageAxis(a, lateral, self.step, self.output_halo, f if a in "yx" else 1) for a in "zyx"[-self.dims :]
+            ]
+        f = self.spec.task.factor
+        z_halo = -(-self.halo // f) + 1  # input planes
+        z_step = self.step // math.gcd(self.step, f)
+        z_min = -(-(2 * z_halo + 1) // z_step) * z_step
+        return [
+            PackageAxis("z", z_min, z_step, f * z_halo, f),
+            PackageAxis("y", lateral, self.step, self.halo),
+            PackageAxis("x", lateral, self.step, self.halo),
+        ]
+
+    @property
+    def architecture_callable(self) -> str:
+        """The class of ``unet.py`` the package's state dict is loaded into."""
+        return "IsotropicUNet" if self.isotropic else "UNet"
+
+    @property
     def package_model_args(self) -> dict[str, Any]:
-        """The U-Net's arguments in the package: a super-resolution network interpolates its input itself."""
+        """The network's arguments in the package: a super-resolution network interpolates its input itself,
+        an isotropic one its volume along Z (``factor``)."""
         args = dict(self.model_args)
         if self.upsample_factor > 1:
             args["upsample_factor"] = self.upsample_factor
+        if self.isotropic:
+            args["factor"] = self.spec.task.factor
         return args
 
     def build_model(self):
         """The trained network as the package runs it (:attr:`package_model_args`), eval mode, CPU."""
-        from ai4life_kit.models.unet import UNet
+        from ai4life_kit.models import unet
 
         try:
-            model = UNet(**self.package_model_args)
+            model = getattr(unet, self.architecture_callable)(**self.package_model_args)
             model.load_state_dict(self.model_state, strict=True)
         except (TypeError, ValueError, RuntimeError) as exc:
             raise ModelLoadError(
@@ -159,20 +226,18 @@ def load_run(run_dir: Path) -> RunInfo:
         spec = load_spec(run_dir / SPEC_FILE)
     except ConfigError as exc:
         raise ModelLoadError(f"{run_dir} is not a usable run directory: {exc}") from None
-    if spec.task.kind == "isotropic":
-        # Its prediction runs the 2D network on the XZ and YZ slices of a Z-interpolated volume and
-        # averages them: no bioimage.io consumer runs a model that way, and a slice model would be
-        # applied to YX planes instead.
-        raise ModelLoadError(
-            f"{run_dir} is an isotropic-reconstruction run: bioimage.io packages cannot describe its slice-wise "
-            "prediction; predict with the run directory (ai4life-kit predict RUN volume.tif)"
-        )
     ckpt_path = checkpoint_path(run_dir, "best")
     if not ckpt_path.is_file():
         raise ModelLoadError(
             f"{ckpt_path} does not exist: the run has not finished an epoch yet (train it, or resume it)"
         )
     ckpt = ModelCheckpoint.read(ckpt_path)
+    if spec.task.kind == "isotropic" and ckpt.model_args.get("probabilistic"):
+        # The package averages the XZ and YZ restorations: two Laplace scales do not average to one.
+        raise ModelLoadError(
+            f"{run_dir} is a probabilistic isotropic run: its package would average two Laplace scales; "
+            "train it with loss mae or mse to package it, or predict with the run directory"
+        )
     n_in = int(ckpt.model_args.get("in_channels", 1))
     n_out = int(ckpt.model_args.get("out_channels", n_in))
     # The same validated reader as ``predict``: both refuse a zero or NaN std, naming the file.

@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ai4life_kit.errors import DataError, UserInputError
-from ai4life_kit.export.rundir import RunInfo
+from ai4life_kit.export.rundir import RunInfo, min_size
 
 __all__ = ["TestInput", "TrainingFile", "min_size", "valid_size", "training_files", "read_crop", "make_test_input"]
 
@@ -50,23 +50,19 @@ class TrainingFile(NamedTuple):
     axes: str | None
 
 
-def min_size(halo: int, step: int) -> int:
-    """Smallest valid spatial size: more than ``2 * halo`` and a multiple of ``step``."""
-    return 2 * halo + step
-
-
-def valid_size(available: int, halo: int, step: int, cap: int) -> int:
-    """Largest size ``min + n * step`` that fits in ``min(available, cap)`` (at least ``min``)."""
-    smallest = min_size(halo, step)
+def valid_size(available: int, smallest: int, step: int, cap: int) -> int:
+    """Largest size ``smallest + n * step`` that fits in ``min(available, cap)`` (at least ``smallest``)."""
     limit = min(available, max(cap, smallest))
     if limit < smallest:
         return smallest
     return smallest + ((limit - smallest) // step) * step
 
 
-def _cap(run: RunInfo) -> int:
-    smallest = min_size(run.halo, run.step)
-    return _CAP_2D if run.dims == 2 else smallest + 4 * run.step
+def _sizes(run: RunInfo, space: Sequence[int]) -> list[int]:
+    """The test crop's size per spatial axis: valid, at most 256 in 2D and four steps over the minimum in 3D."""
+    axes = run.package_axes
+    caps = [_CAP_2D if len(axes) == 2 else a.min + 4 * a.step for a in axes]
+    return [valid_size(n, a.min, a.step, cap) for n, a, cap in zip(space, axes, caps, strict=True)]
 
 
 # -- finding the training files again ---------------------------------------------------------
@@ -177,14 +173,14 @@ def read_crop(run: RunInfo, path: Path, axes: str | None) -> TestInput:
     from ai4life_kit.data.sources import ChunkCache, open_source
     from ai4life_kit.data.views import CanonicalView
 
-    source = open_source(path, axes, run.dims, ChunkCache(_CACHE_BYTES))
+    dims = run.package_dims
+    source = open_source(path, axes, dims, ChunkCache(_CACHE_BYTES))
     try:
-        view = CanonicalView(source, run.dims)
+        view = CanonicalView(source, dims)
         n_samples, n_channels, *space = view.shape
         if n_channels != run.in_channels:
             raise DataError(f"{path} has {n_channels} channels but the model expects {run.in_channels}")
-        cap = _cap(run)
-        sizes = [valid_size(n, run.halo, run.step, cap) for n in space]
+        sizes = _sizes(run, space)
         window, pads, padded = _centre_window(space, sizes)
         # The middle sample of a stack or time series is likelier to show the specimen than the first.
         sample = n_samples // 2
@@ -197,7 +193,7 @@ def read_crop(run: RunInfo, path: Path, axes: str | None) -> TestInput:
         # numpy mirrors repeatedly when the pad is wider than the image; one pixel cannot mirror
         mode = "reflect" if min(crop.shape[1:]) > 1 else "edge"
         crop = np.pad(crop, [(0, 0), *pads], mode=mode)
-    where = ", ".join(f"{a} {w.start}:{w.stop}" for a, w in zip("zyx"[-run.dims :], window, strict=True))
+    where = ", ".join(f"{a} {w.start}:{w.stop}" for a, w in zip("zyx"[-dims:], window, strict=True))
     of_sample = f" of sample {sample} of {n_samples}" if n_samples > 1 else ""
     note = f"centre crop [{where}]{of_sample} of {path.name}" + (
         " (mirror-padded to the minimum size)" if padded else ""
@@ -207,8 +203,7 @@ def read_crop(run: RunInfo, path: Path, axes: str | None) -> TestInput:
 
 def _synthetic(run: RunInfo) -> TestInput:
     rng = np.random.default_rng(0)
-    size = min_size(run.halo, run.step)
-    shape = (1, run.in_channels) + (size,) * run.dims
+    shape = (1, run.in_channels, *(a.min for a in run.package_axes))
     arr = rng.standard_normal(shape).astype(np.float32)
     for c in range(run.in_channels):
         arr[:, c] = arr[:, c] * run.std[c] + run.mean[c]

@@ -279,7 +279,8 @@ def read_package(path: Path, weights: str = "auto") -> PackageContents:
             # Tiles, halos and outputs here are all input-sized; a super-resolution package runs in
             # bioimage.io's consumers, and its run directory in ai4life-kit (prediction.restoration).
             raise ModelLoadError(
-                f"{path}: its output is resampled along {', '.join(map(str, resized))} (super-resolution); "
+                f"{path}: its output is resampled along {', '.join(map(str, resized))} "
+                f"({'isotropic reconstruction' if resized == ['z'] else 'super-resolution'}); "
                 "ai4life-kit predicts such models from their run directory, bioimage.io consumers run the package"
             )
         mean, std, eps = _input_norm(inp, n_in, path)

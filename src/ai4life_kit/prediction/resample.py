@@ -61,18 +61,21 @@ def upsampled_length(n: int, factor: int) -> int:
     return (n - 1) * factor + 1
 
 
-def upsample_axis(image: np.ndarray, factor: int, axis: int) -> np.ndarray:
+def upsample_axis(image: np.ndarray, factor: int, axis: int, hold_last: bool = False) -> np.ndarray:
     """Linear interpolation along one axis, input plane ``z`` at output plane ``z factor``.
 
-    Returns float32 with ``upsampled_length(n, factor)`` planes along ``axis``.
+    Returns float32 with ``upsampled_length(n, factor)`` planes along ``axis``; with ``hold_last``
+    ``n factor`` planes, the last plane held for the ``factor - 1`` past it: the grid of
+    :class:`~ai4life_kit.models.unet.IsotropicUNet` (a package's network), with the same arithmetic.
     """
     x = np.moveaxis(np.asarray(image, dtype=np.float32), axis, 0)
     n = x.shape[0]
     if n < 2:
         raise ValueError(f"interpolating along an axis needs at least 2 planes, got {n}")
-    out = np.empty((upsampled_length(n, factor), *x.shape[1:]), np.float32)
+    following = np.concatenate([x[1:], x[-1:]]) if hold_last else x[1:]
+    out = np.empty((n * factor if hold_last else upsampled_length(n, factor), *x.shape[1:]), np.float32)
     out[::factor] = x
     for k in range(1, factor):
         w = k / factor
-        out[k::factor] = (1 - w) * x[:-1] + w * x[1:]
+        out[k::factor] = (1 - w) * x[: len(following)] + w * following
     return np.moveaxis(out, 0, axis)

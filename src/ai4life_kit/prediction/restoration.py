@@ -6,9 +6,12 @@ Both run a run directory's same-size 2D network on a finer grid (see
 
 - **super-resolution**: the image is interpolated bilinearly by ``factor`` in Y and X, then
   restored; the output is ``factor`` times larger in Y and X.
-- **isotropic**: the volume is interpolated linearly along Z (``(Z - 1) factor + 1`` planes, input
-  plane ``z`` at output plane ``z factor``); the 2D network restores every XZ slice and every YZ
-  slice (the axial axis first, as in training), and the output is their mean. CSBDeep's isotropic
+- **isotropic**: the volume is interpolated linearly along Z (input plane ``z`` at output plane
+  ``z factor``); the 2D network restores every XZ slice and every YZ slice (the axial axis first,
+  as in training), and the output is their mean: ``(Z - 1) factor + 1`` planes, nothing past the
+  last acquired plane. The network runs on the grid of the bioimage.io package's
+  :class:`~ai4life_kit.models.unet.IsotropicUNet` (``factor Z`` planes, the last one held), so a
+  package's output is this output followed by ``factor - 1`` planes past the volume. CSBDeep's isotropic
   CARE takes their geometric mean instead, which needs non-negative values; the arithmetic mean
   is the unbiased one for noisy, offset-subtracted data (``combine="geometric"`` gives CSBDeep's).
 """
@@ -126,7 +129,7 @@ class RestorationPredictor:
         layout = self.check_input(shape, axes)
         n_samples = int(np.prod([shape[axes.index(a)] for a in layout._batch_letters], dtype=np.int64))
         z, y, x = (shape[axes.index(a)] for a in "ZYX")
-        zz = upsampled_length(z, self.factor)
+        zz = z * self.factor  # the grid the network runs on (see _isotropic)
         return [(n_samples * y, (zz, x)), (n_samples * x, (zz, y))]
 
     def _check_tile(self, tile: Sequence[int] | None) -> None:
@@ -170,14 +173,17 @@ class RestorationPredictor:
 
     def _isotropic(self, volume: np.ndarray, options: dict[str, Any]) -> np.ndarray:
         """``(S, C, Z, Y, X)`` -> ``(S, C, Z', Y, X)``: the XZ and YZ restorations of the Z-upsampled volume."""
-        fine = upsample_axis(volume, self.factor, axis=2)  # (S, C, Z', Y, X)
+        # (S, C, factor Z, Y, X): the package's grid; the planes past the volume are dropped at the end
+        fine = upsample_axis(volume, self.factor, axis=2, hold_last=True)
         s, c, zz, ny, nx = fine.shape
+        keep = upsampled_length(volume.shape[2], self.factor)
         # XZ slices: one per (S, Y), each (Z', X); YZ slices: one per (S, X), each (Z', Y)
         xz = np.ascontiguousarray(fine.transpose(0, 3, 1, 2, 4)).reshape(s * ny, c, zz, nx)
         xz = self.inner.predict_canonical(xz, **options).reshape(s, ny, c, zz, nx).transpose(0, 2, 3, 1, 4)
         yz = np.ascontiguousarray(fine.transpose(0, 4, 1, 2, 3)).reshape(s * nx, c, zz, ny)
         del fine
         yz = self.inner.predict_canonical(yz, **options).reshape(s, nx, c, zz, ny).transpose(0, 2, 3, 4, 1)
+        xz, yz = xz[:, :, :keep], yz[:, :, :keep]
         if self.combine == "geometric":
             return np.sqrt(np.maximum(xz, 0) * np.maximum(yz, 0), dtype=np.float32)
         return np.add(xz, yz, dtype=np.float32) * np.float32(0.5)
