@@ -379,13 +379,23 @@ def test_a_super_resolution_package_declares_its_2x_output_and_passes_bioimageio
         Predictor.from_bioimageio(out, "cpu")
 
 
-def _iso_run_info(factor: int, depth: int = 2, width: int = 8, **model):
+def _iso_run_info(factor: int, depth: int = 2, width: int = 8, planes: int | None = None, **model):
     """A :class:`RunInfo` of an (untrained) isotropic run: the package geometry without training."""
     from ai4life_kit.export.rundir import RunInfo
 
     args = {"dims": 2, "in_channels": 1, "out_channels": 1, "depth": depth, "width": width, **model}
     one = [1.0]
-    return RunInfo(Path("run"), restoration_spec("isotropic", factor), args, {}, [0.0], one, [0.0], one)
+    summary = {"inputs": [{"axes": "ZYX", "shape": [planes, 64, 64]}]} if planes else {}
+    return RunInfo(Path("run"), restoration_spec("isotropic", factor), args, {}, [0.0], one, [0.0], one, summary)
+
+
+def test_an_isotropic_package_for_volumes_too_thin_for_a_z_halo_declares_none():
+    thick = _iso_run_info(4, planes=19).package_axes[0]
+    assert (thick.min, thick.halo) == (19, 36)  # 9 input planes each side: 2 * 9 + 1
+    thin = _iso_run_info(4, planes=18)
+    assert (thin.package_axes[0].min, thin.package_axes[0].halo) == (2, 0) and thin.z_seams
+    assert not _iso_run_info(4).z_seams  # nothing recorded: the tile-safe geometry
+    assert _iso_run_info(8, planes=11).package_axes[0].halo == 8 * 5
 
 
 @pytest.mark.parametrize("factor", [2, 3, 4, 8])
@@ -438,6 +448,29 @@ def test_isotropic_package_z_blocks_with_the_declared_halo_meet_without_seams(fa
     with torch.no_grad():
         short = model(volume[:, :, : cut + 1])[:, :, : factor * cut]
     assert (short - whole[:, :, : factor * cut]).abs().max() > 1e-3
+
+
+@pytest.mark.slow
+def test_a_thin_volume_s_isotropic_package_takes_it_whole_and_says_where_seams_come(tmp_path):
+    import zipfile
+
+    import yaml
+
+    from ai4life_kit.export import package_run
+
+    volume = blobs((12, 80, 80), seed=16)  # fewer planes than the 19 a z halo needs at factor 4
+    run, _ = _train_iso(tmp_path, volume, steps=3, epochs=1)
+    out = tmp_path / "thin.bioimageio.zip"
+    result = package_run(run, out, authors=["Ada Lovelace"])
+    assert result.report is not None and result.report.passed
+    with zipfile.ZipFile(out) as zf:
+        rdf = yaml.safe_load(zf.read("rdf.yaml"))
+        test_in = np.load(zf.open("test_input.npy"))
+        readme = zf.read("README.md").decode()
+    z_out = next(a for a in rdf["outputs"][0]["axes"] if a.get("id") == "z")
+    assert "halo" not in z_out and z_out["scale"] == 0.25
+    assert test_in.shape[2] == 12  # the whole volume, real planes, not mirror-padded ones
+    assert "too few for a z halo" in readme and "seams" in readme
 
 
 def test_a_probabilistic_isotropic_run_is_not_packaged_and_says_why(tmp_path):

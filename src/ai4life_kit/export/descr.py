@@ -138,15 +138,12 @@ def _output_descr(run: RunInfo, files: dict[str, Path]):
     # (scale: the size of a pixel), so its size is the input's times the factor (bioimage.io:
     # reference size * its scale / this scale).
     f = run.upsample_factor
-    axes += [
-        m.SpaceOutputAxisWithHalo(
-            id=m.AxisId(a.id),
-            halo=a.halo,
-            size=m.SizeReference(tensor_id=m.TensorId("input"), axis_id=m.AxisId(a.id)),
-            scale=1.0 / a.factor,
-        )
-        for a in run.package_axes
-    ]
+    for a in run.package_axes:
+        size = m.SizeReference(tensor_id=m.TensorId("input"), axis_id=m.AxisId(a.id))
+        if a.halo:
+            axes.append(m.SpaceOutputAxisWithHalo(id=m.AxisId(a.id), halo=a.halo, size=size, scale=1.0 / a.factor))
+        else:  # an isotropic package for volumes too thin for a z halo (RunInfo.package_axes)
+            axes.append(m.SpaceOutputAxis(id=m.AxisId(a.id), size=size, scale=1.0 / a.factor))
     if run.isotropic:
         k = run.spec.task.factor
         what = f"isotropic volume: {k}x the input's z planes (the last {k - 1} past it)"

@@ -288,6 +288,18 @@ def _task_lines(run: RunInfo) -> list[str]:
             )
             + ", then interpolated back."
         )
+        z = run.package_axes[0]
+        if run.z_seams:
+            what += (
+                f" Its training volume has {run.thinnest_volume} planes, too few for a z halo (it would make "
+                "the smallest input larger than that volume), so z has none: run volumes whole along z; where "
+                "a consumer cuts a volume into z blocks (ilastik beyond 64 planes), the blocks meet with seams."
+            )
+        else:
+            what += (
+                f" The z halo ({z.halo} output planes, {z.halo // f} input planes) lets z blocks meet without "
+                f"seams; the smallest volume is {z.min} planes."
+            )
         return ["### Restoration task", "", what, ""]
     else:
         what = "Deconvolution with denoising: the output keeps the input's size and restores the detail the PSF blurs."

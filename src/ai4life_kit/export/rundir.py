@@ -154,7 +154,9 @@ class RunInfo:
         the interpolation's one, and its valid sizes keep ``factor * Z`` a multiple of ``step``.
         bioimageio.spec asks every output to be larger than twice its halo at the smallest input,
         so the smallest z is ``2 * halo + 1`` planes (19 at ``factor`` 4 and depth 2, 11 at ``factor``
-        8): thinner volumes are predicted from the run directory.
+        8). Isotropic CARE trains on the very volumes it restores: when one of them is thinner
+        than that, z gets no halo (2 planes at least), so the package takes such volumes whole,
+        at the price of seams where a consumer cuts a volume into z blocks (:attr:`z_seams`).
         """
         import math
 
@@ -168,11 +170,28 @@ class RunInfo:
         z_halo = -(-self.halo // f) + 1  # input planes
         z_step = self.step // math.gcd(self.step, f)
         z_min = -(-(2 * z_halo + 1) // z_step) * z_step
+        if self.thinnest_volume is not None and self.thinnest_volume < z_min:
+            z_halo, z_min = 0, -(-2 // z_step) * z_step
         return [
             PackageAxis("z", z_min, z_step, f * z_halo, f),
             PackageAxis("y", lateral, self.step, self.halo),
             PackageAxis("x", lateral, self.step, self.halo),
         ]
+
+    @property
+    def thinnest_volume(self) -> int | None:
+        """Fewest Z planes among the training inputs ``training_summary.json`` records (None: no Z recorded)."""
+        depths = []
+        for entry in self.summary.get("inputs") or []:
+            axes, shape = entry.get("axes"), entry.get("shape")
+            if isinstance(axes, str) and isinstance(shape, list) and len(shape) == len(axes) and "Z" in axes.upper():
+                depths.append(int(shape[axes.upper().index("Z")]))
+        return min(depths) if depths else None
+
+    @property
+    def z_seams(self) -> bool:
+        """An isotropic package without a z halo (its training volume is too thin for one)."""
+        return self.isotropic and self.package_axes[0].halo == 0
 
     @property
     def architecture_callable(self) -> str:

@@ -28,6 +28,8 @@ __all__ = ["TestInput", "TrainingFile", "min_size", "valid_size", "training_file
 
 # Largest test-tensor side per spatial axis (keeps `bioimageio test` quick, the cover readable).
 _CAP_2D = 256
+# Largest test-tensor depth of an isotropic package for thin volumes (no z halo).
+_CAP_THIN_Z = 24
 # Decoded-chunk budget for reading the crop of a chunked file: a crop spans a few chunks only.
 _CACHE_BYTES = 64 * 2**20
 
@@ -61,7 +63,8 @@ def valid_size(available: int, smallest: int, step: int, cap: int) -> int:
 def _sizes(run: RunInfo, space: Sequence[int]) -> list[int]:
     """The test crop's size per spatial axis: valid, at most 256 in 2D and four steps over the minimum in 3D."""
     axes = run.package_axes
-    caps = [_CAP_2D if len(axes) == 2 else a.min + 4 * a.step for a in axes]
+    # An isotropic package without a z halo is made for thin volumes: its test input takes them whole.
+    caps = [_CAP_2D if len(axes) == 2 else (a.min + 4 * a.step if a.halo else _CAP_THIN_Z) for a in axes]
     return [valid_size(n, a.min, a.step, cap) for n, a, cap in zip(space, axes, caps, strict=True)]
 
 
