@@ -29,6 +29,13 @@ from ai4life_kit.rundir import (
 __all__ = ["PackageAxis", "RunInfo", "load_run", "halo_for_depth", "min_size"]
 
 
+def input_halo_on_fine_grid(halo: int, factor: int) -> int:
+    """Input pixels whose ``factor`` output pixels each cover a network radius of ``halo`` on the fine
+    grid, plus the interpolation's one input pixel: the halo of super-resolution (y, x) and of
+    isotropic reconstruction (z), so that blocks of a resampling package meet without seams."""
+    return -(-halo // factor) + 1
+
+
 def min_size(halo: int, step: int) -> int:
     """Smallest valid spatial size: more than ``2 * halo`` and a multiple of ``step``."""
     return 2 * halo + step
@@ -131,7 +138,7 @@ class RunInfo:
         """The output's halo in output pixels: for super-resolution a whole number of input pixels
         covering the network's radius on the fine grid plus the interpolation's one input pixel."""
         f = self.upsample_factor
-        return self.halo if f == 1 else f * (-(-self.halo // f) + 1)
+        return self.halo if f == 1 else f * input_halo_on_fine_grid(self.halo, f)
 
     @property
     def isotropic(self) -> bool:
@@ -167,7 +174,7 @@ class RunInfo:
                 PackageAxis(a, lateral, self.step, self.output_halo, f if a in "yx" else 1) for a in "zyx"[-self.dims :]
             ]
         f = self.spec.task.factor
-        z_halo = -(-self.halo // f) + 1  # input planes
+        z_halo = input_halo_on_fine_grid(self.halo, f)  # input planes
         z_step = self.step // math.gcd(self.step, f)
         z_min = -(-(2 * z_halo + 1) // z_step) * z_step
         if self.thinnest_volume is not None and self.thinnest_volume < z_min:
