@@ -794,11 +794,20 @@ def _tree_pss_mib(pid: int) -> float:
     return total
 
 
-def _run_driver(python: Path, args: list[str], log: Path, timeout: float) -> tuple[int, float]:
-    """Run this file as a driver; return its exit code and the peak PSS of its process tree."""
+def _run_driver(
+    python: Path, args: list[str], log: Path, timeout: float, threads: int | None = None
+) -> tuple[int, float]:
+    """Run this file as a driver; return its exit code and the peak PSS of its process tree.
+
+    ``threads``: the driver's intra-op threads (torch, OpenMP, BLAS); None leaves each library's
+    default (one per core).
+    """
     peak = 0.0
+    env = dict(os.environ)
+    if threads:
+        env |= {v: str(threads) for v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
     with log.open("w") as fh:
-        proc = subprocess.Popen([str(python), __file__, *args], stdout=fh, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen([str(python), __file__, *args], stdout=fh, stderr=subprocess.STDOUT, env=env)
         stop = threading.Event()
 
         def sample() -> None:
@@ -828,7 +837,7 @@ def run_job(tool: str, job: dict[str, Any], work: Path) -> dict[str, Any]:
     # generous: a run under load (other work on the machine) must not be killed for being slow
     limit = 4 * (job["seconds"] + 300) + 6 * job["steps"]
     t0 = time.perf_counter()
-    rc, pss = _run_driver(python, ["--driver", tool, "--job", str(out / "job.json")], log, limit)
+    rc, pss = _run_driver(python, ["--driver", tool, "--job", str(out / "job.json")], log, limit, job.get("threads"))
     result_file = out / "result.json"
     if rc != 0 or not result_file.is_file():
         tail = log.read_text()[-3000:]
@@ -973,25 +982,26 @@ def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
             report["careamics_env"] = {"error": msg}
             use_careamics = False
     work = Path(tempfile.mkdtemp(prefix="bench-careamics-", dir=args.workdir))
+    tools = ("kit", "careamics") if use_careamics else ("kit",)
     report["results"], report["datasets"] = [], {}
-    speed_done: set[int] = set()
+    done = _resumable(args.resume, report, tools)
+    report["jobs"] = args.jobs
     try:
+        prepared, speed_dims = [], set()
         for name in datasets:
             ds = prepare_dataset(name, work / "data")
             report["datasets"][name] = ds | {"baselines": baselines(ds)}
-            speed = ds["dims"] not in speed_done
-            speed_done.add(ds["dims"])
-            for alg, k in ((a, k) for k in range(budget.seeds) for a in algorithms):
-                runs: dict[str, dict] = {}
-                seed = SEED + k
-                for tool in ("kit", "careamics") if use_careamics else ("kit",):
-                    out = work / "runs" / name / alg / f"seed{seed}" / tool
-                    # speed once per dimensionality: the first seed's runs
-                    job = _job(ds, alg, budget, out, speed and k == 0, args.align_hparams, seed)
-                    print(f"[{time.perf_counter() - _START:6.0f} s] {name} {alg} seed {seed} {tool} ...", flush=True)
-                    runs[tool] = run_job(tool, job, work)
-                report["results"].append(summarise(ds, alg, runs, job))
-                _write(report)  # partial results survive an interrupted run
+            prepared.append((ds, ds["dims"] not in speed_dims))  # speed: the first dataset of its dims
+            speed_dims.add(ds["dims"])
+        # Seed by seed over every dataset: a run stopped part-way holds every (dataset, algorithm)
+        # at one seed fewer, not some at three seeds and the rest at none.
+        cells = [
+            (ds, alg, SEED + k, speed and k == 0)
+            for k in range(budget.seeds)
+            for ds, speed in prepared
+            for alg in algorithms
+        ]
+        _run_cells(cells, tools, done, budget, work, args, report)
     finally:
         if args.keep_workdir:
             print(f"work directory kept: {work}")
@@ -1001,6 +1011,93 @@ def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
     report["loadavg_end"] = list(os.getloadavg())
     report["total_s"] = time.perf_counter() - _START
     return report
+
+
+def _cell_key(name: str, alg: str, seed: int) -> str:
+    return f"{name}/{alg}/seed{seed}"
+
+
+def _resumable(path: str | None, report: dict[str, Any], tools: tuple[str, ...]) -> dict[str, dict]:
+    """Finished cells of an interrupted run with the same configuration, by cell key."""
+    if not path:
+        return {}
+    old = json.loads(Path(path).read_text())
+    # through JSON, as the old report went: its dict keys are strings
+    now = json.loads(json.dumps({k: report.get(k) for k in ("config", "align_hparams")}))
+    tools_then = {tool for e in old.get("results", []) for tool in e["runs"]}
+    if any(old.get(k) != v for k, v in now.items()) or not set(tools) <= tools_then:
+        raise SystemExit(f"--resume {path}: its budget, datasets or tools differ from this run's; start afresh")
+    report["resumed_from"] = {"date": old.get("date"), "machine": old.get("machine"), "total_s": old.get("total_s")}
+    done = {
+        _cell_key(e["dataset"], e["algorithm"], e["seed"]): e
+        for e in old.get("results", [])
+        if all(t in e["runs"] and "error" not in e["runs"][t] for t in tools)
+    }
+    print(f"resuming: {len(done)} finished cells from {path}", flush=True)
+    return done
+
+
+def _run_cells(
+    cells: list[tuple[dict[str, Any], str, int, bool]],
+    tools: tuple[str, ...],
+    done: dict[str, dict],
+    budget: Budget,
+    work: Path,
+    args: argparse.Namespace,
+    report: dict[str, Any],
+) -> None:
+    """Every (dataset, algorithm, seed) for every tool; `--jobs` training runs at a time.
+
+    Runs that time prediction (`speed`) run alone with every core, before the others, so their
+    MPix/s is a quiet machine's. With ``--jobs N`` the rest run N at a time, each process with
+    cores / N threads; both tools' runs alternate in one queue, so each tool trains beside the
+    same mix of neighbours and their patches/s and times stay comparable with each other (not
+    with a ``--jobs 1`` run's).
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    threads = max(1, len(os.sched_getaffinity(0)) // args.jobs)
+    runs: dict[str, dict[str, dict]] = {}
+    jobs: list[tuple[str, str, dict[str, Any]]] = []
+    for ds, alg, seed, speed in cells:
+        key = _cell_key(ds["name"], alg, seed)
+        if key in done:
+            continue
+        for tool in tools:
+            out = work / "runs" / ds["name"] / alg / f"seed{seed}" / tool
+            job = _job(ds, alg, budget, out, speed, args.align_hparams, seed)
+            job["threads"] = None if speed or args.jobs == 1 else threads
+            jobs.append((key, tool, job))
+    cell_job = {key: job for key, _tool, job in jobs}
+
+    def one(key: str, tool: str, job: dict[str, Any]) -> None:
+        print(f"[{time.perf_counter() - _START:6.0f} s] {key} {tool} ...", flush=True)
+        runs.setdefault(key, {})[tool] = run_job(tool, job, work)
+
+    for key, tool, job in [j for j in jobs if j[2]["speed"]]:
+        one(key, tool, job)
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        for future in [pool.submit(one, *j) for j in jobs if not j[2]["speed"]]:
+            future.result()
+            _collect(cells, tools, done, runs, cell_job, report)  # partial results survive an interruption
+    _collect(cells, tools, done, runs, cell_job, report)
+
+
+def _collect(
+    cells: list[tuple[dict[str, Any], str, int, bool]],
+    tools: tuple[str, ...],
+    done: dict[str, dict],
+    runs: dict[str, dict[str, dict]],
+    cell_job: dict[str, dict[str, Any]],
+    report: dict[str, Any],
+) -> None:
+    """Summarise each cell whose runs have all finished, in the cells' order, and write the report."""
+    for ds, alg, seed, _speed in cells:
+        key = _cell_key(ds["name"], alg, seed)
+        if key not in done and set(runs.get(key, {})) == set(tools):
+            done[key] = summarise(ds, alg, runs[key], cell_job[key])
+    report["results"] = [done[k] for k in (_cell_key(ds["name"], a, s) for ds, a, s, _ in cells) if k in done]
+    _write(report)
 
 
 def _override(budget: Budget, **changes: Any) -> Budget:
@@ -1404,6 +1501,13 @@ def _parse_args() -> argparse.Namespace:
         "CARE, to tell implementation from defaults",
     )
     parser.add_argument("--setup-only", action="store_true", help="build the CAREamics venv, fetch the images, stop")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="training runs at a time, each with cores / JOBS threads (the prediction-speed runs always run alone)",
+    )
+    parser.add_argument("--resume", metavar="JSON", help="reuse the finished cells of an interrupted run's report")
     parser.add_argument("--keep-workdir", action="store_true", help="keep run directories and predictions")
     parser.add_argument("--workdir", help="parent of the temporary work directory")
     parser.add_argument("--driver", help=argparse.SUPPRESS)
@@ -1415,6 +1519,10 @@ def _parse_args() -> argparse.Namespace:
 def _driver(args: argparse.Namespace) -> None:
     if args.driver in ("kit", "careamics"):
         job = json.loads(Path(args.job).read_text())
+        if job.get("threads"):
+            import torch
+
+            torch.set_num_threads(job["threads"])
         result = run_kit(job) if args.driver == "kit" else run_careamics(job)
         (Path(job["out"]) / "result.json").write_text(json.dumps(result, default=str))
     elif args.driver == "versions":
@@ -1442,6 +1550,10 @@ def main() -> None:
         return
     if args.steps and args.steps % BUDGETS[args.budget].epoch_steps:
         raise SystemExit(f"--steps must be a multiple of {BUDGETS[args.budget].epoch_steps} (steps per epoch)")
+    if args.jobs < 1:
+        raise SystemExit("--jobs must be at least 1")
+    if args.resume and not Path(args.resume).is_file():
+        raise SystemExit(f"--resume {args.resume}: no such file")
     report = orchestrate(args)
     _write(report)
     print(markdown(report))
