@@ -175,9 +175,16 @@ def test_a_timed_out_run_removes_its_container(tmp_path, engine_name):
 
 def test_ctrl_c_during_a_run_removes_its_container(tmp_path):
     engine, log = _fake_engine(tmp_path)
-    _when_running(log, lambda: os.kill(os.getpid(), signal.SIGINT))
-    with pytest.raises(KeyboardInterrupt):
-        eng.run_container(engine, "img:1", input_dir=tmp_path, output_dir=tmp_path, timeout=60)
+    # Ctrl-C as a terminal delivers it: a process started in the background by a non-interactive
+    # shell (`cmd &`, as CI runners may start pytest) inherits SIGINT ignored, and Python then
+    # never raises KeyboardInterrupt at all.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        _when_running(log, lambda: os.kill(os.getpid(), signal.SIGINT))
+        with pytest.raises(KeyboardInterrupt):
+            eng.run_container(engine, "img:1", input_dir=tmp_path, output_dir=tmp_path, timeout=60)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     calls = _calls(log)
     assert ["rm", "-f", _run_name(calls)] in calls
 
