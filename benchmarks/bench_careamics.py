@@ -1076,6 +1076,7 @@ def _run_cells(
 
     for key, tool, job in [j for j in jobs if j[2]["speed"]]:
         one(key, tool, job)
+        _collect(cells, tools, done, runs, cell_job, report)
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         for future in [pool.submit(one, *j) for j in jobs if not j[2]["speed"]]:
             future.result()
