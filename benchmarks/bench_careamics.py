@@ -458,10 +458,13 @@ def _kit_spec(job: dict[str, Any]) -> dict[str, Any]:
         "epochs": 100_000,
         "steps_per_epoch": job["epoch_steps"],
         "batch_size": job["batch"],
-        "val_patches": job["val_patches"],
         "early_stopping_patience": None,
         "seed": job.get("seed", SEED),
     }
+    # The recipe's own validation set (256 fixed patches) is what its checkpoint choice stands on;
+    # `--shared-val-patches` gives it CAREamics' handful instead, as runs before 2026-12-04 did.
+    if job.get("shared_val_patches"):
+        spec["training"]["val_patches"] = job["val_patches"]
     if job.get("align_hparams"):
         spec["training"]["learning_rate"] = CAREAMICS_DEFAULTS["learning_rate"]
         spec["model"]["residual"] = False
@@ -965,6 +968,7 @@ def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
         budget = _override(budget, seeds=args.seeds)
     report: dict[str, Any] = {"budget": args.budget, "config": asdict(budget) | {"datasets": datasets}}
     report["align_hparams"] = args.align_hparams
+    report["shared_val_patches"] = args.shared_val_patches
     report |= _machine() | {"torch_kit": torch.__version__}
     report["careamics_env"] = _careamics_env(args)
     use_careamics = "error" not in report["careamics_env"]
@@ -1023,7 +1027,7 @@ def _resumable(path: str | None, report: dict[str, Any], tools: tuple[str, ...])
         return {}
     old = json.loads(Path(path).read_text())
     # through JSON, as the old report went: its dict keys are strings
-    now = json.loads(json.dumps({k: report.get(k) for k in ("config", "align_hparams")}))
+    now = json.loads(json.dumps({k: report.get(k) for k in ("config", "align_hparams", "shared_val_patches")}))
     tools_then = {tool for e in old.get("results", []) for tool in e["runs"]}
     if any(old.get(k) != v for k, v in now.items()) or not set(tools) <= tools_then:
         raise SystemExit(f"--resume {path}: its budget, datasets or tools differ from this run's; start afresh")
@@ -1066,6 +1070,7 @@ def _run_cells(
         for tool in tools:
             out = work / "runs" / ds["name"] / alg / f"seed{seed}" / tool
             job = _job(ds, alg, budget, out, speed, args.align_hparams, seed)
+            job["shared_val_patches"] = args.shared_val_patches
             job["threads"] = None if speed or args.jobs == 1 else threads
             jobs.append((key, tool, job))
     cell_job = {key: job for key, _tool, job in jobs}
@@ -1436,7 +1441,13 @@ def markdown(report: dict[str, Any]) -> str:
         f"Load at start: `{report['uptime_start']}`; at end: `{report.get('uptime_end', 'n/a')}`.",
         "",
         f"Both: U-Net depth {DEPTH}, {WIDTH} filters, batch norm; {_sizes(c)}; "
-        f"{c['epoch_steps']} steps per epoch, validation patches = batch size, training seeds "
+        f"{c['epoch_steps']} steps per epoch, validation patches: "
+        + (
+            "the batch size for both"
+            if report.get("shared_val_patches", True)
+            else "CAREamics the batch size (its default: 8), ai4life-kit its recipe's 256"
+        )
+        + ", training seeds "
         f"{SEED}-{SEED + c.get('seeds', 1) - 1} (the same noisy data for every seed); otherwise each "
         "tool's defaults (ai4life-kit: the shipped `model_specs` recipe; CAREamics: its advanced factories). "
         "Metrics on the held-out bottom quarter of each image (not trained on), ground-truth data range. "
@@ -1500,6 +1511,11 @@ def _parse_args() -> argparse.Namespace:
         action="store_true",
         help="give ai4life-kit CAREamics' default learning rate (1e-3), N2V neighbourhood (11) and a non-residual "
         "CARE, to tell implementation from defaults",
+    )
+    parser.add_argument(
+        "--shared-val-patches",
+        action="store_true",
+        help="validate ai4life-kit on CAREamics' validation-patch count (the batch size) instead of its recipe's 256",
     )
     parser.add_argument("--setup-only", action="store_true", help="build the CAREamics venv, fetch the images, stop")
     parser.add_argument(
