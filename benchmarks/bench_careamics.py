@@ -1423,9 +1423,10 @@ def _defaults_note(report: dict[str, Any]) -> str:
             f"neighbourhood {cam['roi_size']} and a non-residual CARE."
         )
     return (
-        f"Defaults that differ (ai4life-kit vs CAREamics): learning rate 4e-4 vs {cam['learning_rate']:g}; N2V "
-        f"neighbourhood 5 vs {cam['roi_size']}; CARE predicts a residual: yes vs no; plateau LR factor 0.5 vs 0.1; "
-        "checkpoint used for prediction: best validation loss vs last (N2V) / best (CARE). "
+        f"Defaults that differ (ai4life-kit vs CAREamics): N2V/N2V2 learning rate 4e-4 vs {cam['learning_rate']:g} "
+        f"(CARE: {cam['learning_rate']:g} both); N2V neighbourhood 5 vs {cam['roi_size']}; 2D CARE predicts a "
+        "residual: yes vs no (3D: no both); plateau LR factor 0.5 vs 0.1; checkpoint used for prediction: best "
+        "validation loss vs last (N2V) / best (CARE). "
         "`--align-hparams` gives ai4life-kit CAREamics' values for the first three."
     )
 
