@@ -1537,10 +1537,6 @@ def _parse_args() -> argparse.Namespace:
 def _driver(args: argparse.Namespace) -> None:
     if args.driver in ("kit", "careamics"):
         job = json.loads(Path(args.job).read_text())
-        if job.get("threads"):
-            import torch
-
-            torch.set_num_threads(job["threads"])
         result = run_kit(job) if args.driver == "kit" else run_careamics(job)
         (Path(job["out"]) / "result.json").write_text(json.dumps(result, default=str))
     elif args.driver == "versions":
