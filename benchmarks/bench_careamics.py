@@ -1025,12 +1025,17 @@ def _resumable(path: str | None, report: dict[str, Any], tools: tuple[str, ...])
     """Finished cells of an interrupted run with the same configuration, by cell key."""
     if not path:
         return {}
-    old = json.loads(Path(path).read_text())
+    try:
+        old = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"--resume {path}: not a readable benchmark report ({exc})") from None
     # through JSON, as the old report went: its dict keys are strings
     now = json.loads(json.dumps({k: report.get(k) for k in ("config", "align_hparams", "shared_val_patches")}))
     tools_then = {tool for e in old.get("results", []) for tool in e["runs"]}
     if any(old.get(k) != v for k, v in now.items()) or not set(tools) <= tools_then:
-        raise SystemExit(f"--resume {path}: its budget, datasets or tools differ from this run's; start afresh")
+        raise SystemExit(
+            f"--resume {path}: its budget, datasets, tools or protocol options differ from this run's; start afresh"
+        )
     report["resumed_from"] = {"date": old.get("date"), "machine": old.get("machine"), "total_s": old.get("total_s")}
     done = {
         _cell_key(e["dataset"], e["algorithm"], e["seed"]): e
