@@ -470,7 +470,26 @@ def _kit_spec(job: dict[str, Any]) -> dict[str, Any]:
         spec["model"]["residual"] = False
         if alg in ("n2v", "n2v2"):
             spec["algorithm"]["roi_size"] = CAREAMICS_DEFAULTS["roi_size"]
+    for key, value in job.get("kit_set", {}).items():  # `--kit-set`: last, so it wins
+        *parents, leaf = key.split(".")
+        node = spec
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
     return spec
+
+
+def _kit_set(items: list[str]) -> dict[str, Any]:
+    """``--kit-set section.field=value`` pairs (values parsed as YAML) as a dict."""
+    import yaml
+
+    pairs = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key or "." not in key:
+            raise SystemExit(f"--kit-set {item!r}: write it as section.field=value, e.g. training.ema_decay=0.99")
+        pairs[key] = yaml.safe_load(value)
+    return pairs
 
 
 def _snapshot_run(run: Path, dest: Path) -> None:
@@ -518,7 +537,10 @@ def run_kit(job: dict[str, Any]) -> dict[str, Any]:
         t_hook = time.perf_counter()
         step, train_s = int(rows[-1]["step"]), clock.train_s()
         rates.append(float(rows[-1]["patches_per_s"]))
-        den = _kit_whole_image(Predictor.from_run_dir(run, "cpu", checkpoint="last"), noisy)
+        current = Predictor.from_run_dir(run, "cpu", checkpoint="last")
+        if last.ema_state is not None:  # training.ema_decay: the averaged weights are the ones it validates
+            current.model.load_state_dict(last.ema_state)
+        den = _kit_whole_image(current, noisy)
         curve.append({"step": step, "train_s": train_s, "psnr": _psnr(gt_t, den[..., test, :])})
         if step >= job["steps"] and "steps_train_s" not in state:
             _snapshot_run(run, snap)
@@ -969,6 +991,7 @@ def orchestrate(args: argparse.Namespace) -> dict[str, Any]:
     report: dict[str, Any] = {"budget": args.budget, "config": asdict(budget) | {"datasets": datasets}}
     report["align_hparams"] = args.align_hparams
     report["shared_val_patches"] = args.shared_val_patches
+    report["kit_set"] = _kit_set(args.kit_set)
     report |= _machine() | {"torch_kit": torch.__version__}
     report["careamics_env"] = _careamics_env(args)
     use_careamics = "error" not in report["careamics_env"]
@@ -1030,9 +1053,11 @@ def _resumable(path: str | None, report: dict[str, Any], tools: tuple[str, ...])
     except (OSError, ValueError) as exc:
         raise SystemExit(f"--resume {path}: not a readable benchmark report ({exc})") from None
     # through JSON, as the old report went: its dict keys are strings
-    now = json.loads(json.dumps({k: report.get(k) for k in ("config", "align_hparams", "shared_val_patches")}))
+    compared = ("config", "align_hparams", "shared_val_patches", "kit_set")
+    now = json.loads(json.dumps({k: report.get(k) for k in compared}))
     tools_then = {tool for e in old.get("results", []) for tool in e["runs"]}
-    if any(old.get(k) != v for k, v in now.items()) or not set(tools) <= tools_then:
+    # reports from before --kit-set have no such key: they changed nothing
+    if any(old.get(k, {} if k == "kit_set" else None) != v for k, v in now.items()) or not set(tools) <= tools_then:
         raise SystemExit(
             f"--resume {path}: its budget, datasets, tools or protocol options differ from this run's; start afresh"
         )
@@ -1076,6 +1101,7 @@ def _run_cells(
             out = work / "runs" / ds["name"] / alg / f"seed{seed}" / tool
             job = _job(ds, alg, budget, out, speed, args.align_hparams, seed)
             job["shared_val_patches"] = args.shared_val_patches
+            job["kit_set"] = report["kit_set"]
             job["threads"] = None if speed or args.jobs == 1 else threads
             jobs.append((key, tool, job))
     cell_job = {key: job for key, _tool, job in jobs}
@@ -1421,6 +1447,14 @@ def _sizes(c: dict[str, Any]) -> str:
 
 
 def _defaults_note(report: dict[str, Any]) -> str:
+    changed = report.get("kit_set") or {}
+    note = _protocol_note(report)
+    if changed:
+        note += " `--kit-set` changed ai4life-kit's recipe: " + ", ".join(f"{k}={v}" for k, v in changed.items()) + "."
+    return note
+
+
+def _protocol_note(report: dict[str, Any]) -> str:
     cam = CAREAMICS_DEFAULTS
     if report.get("align_hparams"):
         return (
@@ -1522,6 +1556,13 @@ def _parse_args() -> argparse.Namespace:
         "--shared-val-patches",
         action="store_true",
         help="validate ai4life-kit on CAREamics' validation-patch count (the batch size) instead of its recipe's 256",
+    )
+    parser.add_argument(
+        "--kit-set",
+        action="append",
+        default=[],
+        metavar="SECTION.FIELD=VALUE",
+        help="override a field of ai4life-kit's recipe, e.g. training.ema_decay=0.99 (repeatable; applied last)",
     )
     parser.add_argument("--setup-only", action="store_true", help="build the CAREamics venv, fetch the images, stop")
     parser.add_argument(
