@@ -107,6 +107,63 @@ def test_a_thin_volume_runs_whole_along_the_axes_that_fit():
     assert grid.counts == (1, 1, 1) and grid.tile == (48, 60, 60)  # not 112 x 124 x 124
 
 
+@pytest.mark.parametrize(
+    ("shape", "default", "counts", "tile", "cap"),
+    [
+        ((1024, 1024), 768, (1, 1), (1024, 1024), 2),  # whole: 1.05 MPix instead of 4 x 544^2 = 1.18
+        ((64, 512, 512), 128, (1, 2, 2), (64, 288, 288), 1),  # 21 MVox instead of 16 x 64 x 176^2 = 32
+        ((200, 200, 200), 128, (1, 1, 1), (200, 200, 200), 1),  # 8 MVox instead of 27 x 112^3 = 38
+    ],
+)
+def test_default_tiles_spend_the_batch_budget_on_fewer_larger_tiles(shape, default, counts, tile, cap):
+    """Without --tile a batch holds ``batch_size`` default tiles' worth of pixels, as one larger tile if cheaper."""
+    small = plan_grid(shape, None, 32, 4, default, batch_size=1)
+    large = plan_grid(shape, None, 32, 4, default, batch_size=4)
+    assert (large.counts, large.tile, large.batch_cap) == (counts, tile, cap)
+    assert len(large) * np.prod(large.tile) < 0.95 * len(small) * np.prod(small.tile)
+    assert large.tiles_per_batch(4) * np.prod(large.tile) <= 4 * default ** len(shape)  # the memory bound holds
+    assert small.batch_cap is None and small.tiles_per_batch(4) == 4
+    assert plan_grid(shape, small.tile, 32, 4, default, batch_size=4) == small  # --tile is taken as given
+
+
+def test_an_image_of_few_default_tiles_is_not_retiled():
+    """Tiles that already fit, or a larger layout that saves little, keep the default grid and batch."""
+    for shape in ((512, 512), (48, 60, 60)):
+        default = 768 if len(shape) == 2 else 128
+        assert plan_grid(shape, None, 32, 4, default, batch_size=4) == plan_grid(shape, None, 32, 4, default)
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_larger_default_tiles_give_the_same_prediction_within_the_batch_budget(dims, monkeypatch):
+    """The budget-planned grid predicts what the default grid and the whole image do; no batch exceeds it."""
+    import ai4life_kit.prediction.predictor as predictor_module
+
+    default = 96 if dims == 2 else 40
+    monkeypatch.setitem(predictor_module.DEFAULT_TILE, dims, default)
+    p = _predictor(dims=dims, depth=2 if dims == 2 else 1)
+    shape = (300, 290) if dims == 2 else (14, 100, 90)
+    img = _image(shape)
+    axes = "ZYX"[-dims:]
+    by_batch = {b: p.plan(shape, batch_size=b) for b in (1, 4)}
+    assert by_batch[4].batch_cap is not None and len(by_batch[4]) < len(by_batch[1])
+    seen: list[tuple[int, ...]] = []
+    forward = p._forward
+
+    def recording(precision):
+        run = forward(precision)
+        return lambda x: seen.append(tuple(x.shape)) or run(x)
+
+    monkeypatch.setattr(p, "_forward", recording)
+    planned = p.predict(img, axes, batch_size=4)
+    grid = by_batch[4]
+    assert {s[2:] for s in seen} == {grid.tile} and sum(s[0] for s in seen) == len(grid)
+    assert len(seen) == -(-len(grid) // grid.tiles_per_batch(4))  # batches of the capped size
+    assert max(s[0] * np.prod(s[2:]) for s in seen) <= 4 * default**dims  # the memory bound holds
+    assert p.n_tiles(img.shape, axes, batch_size=4) == len(grid)  # what the progress bar counts
+    np.testing.assert_allclose(planned, p.predict(img, axes, batch_size=1), rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(planned, p.predict(img, axes, tile=(1024,) * dims), rtol=1e-4, atol=1e-3)
+
+
 def test_halo_covers_measured_receptive_field():
     for depth in (1, 2, 3):
         for n2v2 in (False, True):

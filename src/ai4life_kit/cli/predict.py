@@ -146,7 +146,9 @@ def predict(
             "since a rotation would move the structured noise to the axis the model does not mask.",
         ),
     ] = False,
-    batch_size: Annotated[int, typer.Option(min=1, help="Tiles per forward pass.")] = 4,
+    batch_size: Annotated[
+        int, typer.Option(min=1, help="Tiles per forward pass; without --tile, it may hold fewer, larger tiles.")
+    ] = 4,
     border: Annotated[
         str,
         typer.Option(
@@ -292,7 +294,8 @@ def predict(
                         and not resampling
                         and (out_fmt == "zarr" or is_zarr_path(src) or size * 4 > STREAM_ABOVE_BYTES)
                     )
-                task = bar.add_task(src.name, total=predictor.n_tiles(source.shape, source.axes, tile_sizes))
+                n_tiles = predictor.n_tiles(source.shape, source.axes, tile_sizes, batch_size)
+                task = bar.add_task(src.name, total=n_tiles)
                 options = {
                     "tile": tile_sizes,
                     "tta": tta,

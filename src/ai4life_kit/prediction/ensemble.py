@@ -95,9 +95,9 @@ class EnsemblePredictor:
     def check_input(self, shape: tuple[int, ...], axes: str) -> Any:
         return self.members[0].check_input(shape, axes)
 
-    def n_tiles(self, shape: tuple[int, ...], axes: str, tile: Sequence[int] | None = None) -> int:
+    def n_tiles(self, shape: tuple[int, ...], axes: str, tile: Sequence[int] | None = None, batch_size: int = 4) -> int:
         """Tiles of all members together (progress bars)."""
-        return len(self.members) * self.members[0].n_tiles(shape, axes, tile)
+        return len(self.members) * self.members[0].n_tiles(shape, axes, tile, batch_size)
 
     def member_predictions(self, array: np.ndarray, axes: str, **options: Any) -> tuple[np.ndarray, np.ndarray | None]:
         """Every member's output, stacked on a new first axis; and their Laplace scales (probabilistic members)."""

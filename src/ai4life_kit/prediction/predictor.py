@@ -30,8 +30,9 @@ from ai4life_kit.runtime import autocast, channels_last, resolve_device
 __all__ = ["Predictor", "load_checkpoint", "DEFAULT_TILE", "STREAM_ABOVE_BYTES"]
 
 # Largest network input tile per axis when --tile is not given: large enough that the halo costs
-# little (a 1024x1024 image runs as four 576 px tiles), small enough for a laptop's memory
-# (about 1.1 GiB peak with batches of 4 tiles, measured).
+# little, small enough for a laptop's memory (about 1.1 GiB peak with batches of 4 tiles,
+# measured). A batch's budget of 4 such tiles may instead hold fewer, larger tiles where they
+# compute fewer pixels (plan_grid): a 1024x1024 image runs whole, not as four 544 px tiles.
 DEFAULT_TILE = {2: 768, 3: 128}
 # Inputs larger than this as float32 are predicted out of core by the CLI (unless told otherwise).
 # In memory the peak is about four float32 copies of the image (input, normalised input, padded
@@ -334,16 +335,21 @@ class Predictor:
             self.require_probabilistic()
         return self.n_outputs if with_scale else len(self.target_mean)
 
-    def n_tiles(self, shape: tuple[int, ...], axes: str, tile: Sequence[int] | None = None) -> int:
+    def n_tiles(self, shape: tuple[int, ...], axes: str, tile: Sequence[int] | None = None, batch_size: int = 4) -> int:
         """How many tiles :meth:`predict` will run for an image (for progress bars)."""
         layout = Layout.of(shape, axes, self.spatial_ndim)
         n_samples = int(np.prod([shape[axes.index(a)] for a in layout._batch_letters], dtype=np.int64))
-        grid = self.plan([shape[axes.index(a)] for a in layout._space_letters], tile)
+        grid = self.plan([shape[axes.index(a)] for a in layout._space_letters], tile, batch_size)
         return n_samples * len(grid)
 
-    def plan(self, spatial_shape: Sequence[int], tile: Sequence[int] | None = None) -> TileGrid:
-        """The tile grid for an image of ``spatial_shape`` (the same for every prediction path)."""
-        return plan_grid(spatial_shape, tile, self.halo, self.multiple, DEFAULT_TILE[self.spatial_ndim], self.border)
+    def plan(self, spatial_shape: Sequence[int], tile: Sequence[int] | None = None, batch_size: int = 4) -> TileGrid:
+        """The tile grid for an image of ``spatial_shape`` (the same for every prediction path).
+
+        Without ``tile``, a batch holds at most ``batch_size`` default tiles' worth of pixels
+        (:func:`~ai4life_kit.prediction.tiling.plan_grid`).
+        """
+        default = DEFAULT_TILE[self.spatial_ndim]
+        return plan_grid(spatial_shape, tile, self.halo, self.multiple, default, self.border, batch_size)
 
     def check_input(self, shape: tuple[int, ...], axes: str) -> Layout:
         """The layout of an input, or a :class:`DataError` saying why the model cannot take it."""
@@ -423,7 +429,7 @@ class Predictor:
         if out.shape[1] not in (len(self.target_mean), self.n_outputs):
             raise ValueError(f"output view has {out.shape[1]} channels; the model gives {self.n_outputs}")
         nd = self.spatial_ndim
-        grid = self.plan(view.shape[2:], tile)
+        grid = self.plan(view.shape[2:], tile, batch_size)
         predict_view(
             self._forward(precision),
             view,
@@ -474,7 +480,7 @@ class Predictor:
         try:
             self.check_input(source.shape, source.axes)
             view = CanonicalView(source, self.spatial_ndim)
-            chunks = output_chunks(view, self.plan(view.shape[2:], tile))
+            chunks = output_chunks(view, self.plan(view.shape[2:], tile, batch_size))
             dst = Path(dst)
             with create_output(dst, source.shape, source.axes, overwrite, chunks) as target:
                 out = CanonicalView(target, self.spatial_ndim)

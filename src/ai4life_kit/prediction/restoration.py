@@ -137,12 +137,12 @@ class RestorationPredictor:
             on = "the XZ and YZ slices (Z', X) / (Z', Y)" if self.task.kind == "isotropic" else "the output's Y and X"
             raise UserInputError(f"--tile: this model tiles {on}, so give 2 sizes, not {len(tile)}")
 
-    def n_tiles(self, shape: tuple[int, ...], axes: str, tile: Sequence[int] | None = None) -> int:
+    def n_tiles(self, shape: tuple[int, ...], axes: str, tile: Sequence[int] | None = None, batch_size: int = 4) -> int:
         """Tiles :meth:`predict` runs (for progress bars)."""
         self._check_tile(tile)
         if self.task.kind == "super_resolution":
-            return self.inner.n_tiles(self.output_shape(shape, axes), axes, tile)
-        return sum(n * len(self.inner.plan(side, tile)) for n, side in self._slices(shape, axes))
+            return self.inner.n_tiles(self.output_shape(shape, axes), axes, tile, batch_size)
+        return sum(n * len(self.inner.plan(side, tile, batch_size)) for n, side in self._slices(shape, axes))
 
     def predict(
         self,

@@ -24,6 +24,7 @@ mirrored halo instead (``border="mirror"`` here); that changes the outermost ``h
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -73,6 +74,11 @@ class TileGrid:
     tile: tuple[int, ...]  # network input size per axis
     halo: int  # context kept where two tiles meet
     axes: tuple[AxisTiles, ...]
+    batch_cap: int | None = None  # most tiles per batch (tiles larger than the default); None: the caller's
+
+    def tiles_per_batch(self, batch_size: int) -> int:
+        """How many tiles go through the network at once for a requested ``batch_size``."""
+        return max(1, min(batch_size, self.batch_cap)) if self.batch_cap is not None else batch_size
 
     @property
     def counts(self) -> tuple[int, ...]:
@@ -144,6 +150,18 @@ def _default_tiles(shape: Sequence[int], default_tile: int, multiple: int, befor
     return [default_tile if f else share for f in fits]
 
 
+def _grid(shape: tuple[int, ...], wants: Sequence[int], halo: int, multiple: int, before: int) -> TileGrid:
+    axes = tuple(
+        _axis_tiles(n, round_up(want, multiple), halo, multiple, before) for n, want in zip(shape, wants, strict=True)
+    )
+    return TileGrid(shape=shape, tile=tuple(a.tile for a in axes), halo=halo, axes=axes)
+
+
+def _computed(grid: TileGrid) -> int:
+    """Pixels the network computes for one sample (tiles times tile size, overlaps included)."""
+    return len(grid) * math.prod(grid.tile)
+
+
 def plan_grid(
     shape: Sequence[int],
     tile: Sequence[int] | None,
@@ -151,6 +169,7 @@ def plan_grid(
     multiple: int,
     default_tile: int,
     border: str = "network",
+    batch_size: int = 1,
 ) -> TileGrid:
     """Choose tiles no larger than the requested (or default, see :func:`_default_tiles`) size, evenly.
 
@@ -159,6 +178,13 @@ def plan_grid(
     as covers the axis (rounded up to the multiple), so no tile is mostly padding: 1024 px with a
     512 px maximum runs three 384 px tiles, not three 512 px ones. ``border``: one of
     :data:`BORDERS`.
+
+    Without ``tile``, the memory bound is a batch of ``batch_size`` default tiles, and that
+    budget may also go to fewer, larger tiles when they compute fewer pixels: every tile boundary
+    costs ``2 * halo`` of recomputed context. A 1024 x 1024 image then runs whole (1.05 MPix)
+    instead of as four 544 px tiles (1.18 MPix), a 64 x 512 x 512 stack as four 64 x 288 x 288
+    tiles, one per batch (21 MVox), instead of sixteen 64 x 176 x 176 ones (32 MVox). Such a grid
+    caps its batch (:meth:`TileGrid.tiles_per_batch`) so the batch stays within the budget.
     """
     shape = tuple(int(s) for s in shape)
     if tile is not None and len(tile) != len(shape):
@@ -167,11 +193,18 @@ def plan_grid(
         raise UserInputError(f"border {border!r}: choose one of {', '.join(BORDERS)}")
     halo = round_up(halo, multiple)
     before = halo if border == "mirror" else 0
-    wants = _default_tiles(shape, default_tile, multiple, before) if tile is None else [int(t) for t in tile]
-    axes = tuple(
-        _axis_tiles(n, round_up(want, multiple), halo, multiple, before) for n, want in zip(shape, wants, strict=True)
-    )
-    return TileGrid(shape=shape, tile=tuple(a.tile for a in axes), halo=halo, axes=axes)
+    if tile is not None:
+        return _grid(shape, [int(t) for t in tile], halo, multiple, before)
+    grid = _grid(shape, _default_tiles(shape, default_tile, multiple, before), halo, multiple, before)
+    if batch_size > 1 and len(grid) > 1:
+        budget = batch_size * default_tile ** len(shape)
+        side = int(budget ** (1 / len(shape)) + 1e-9) // multiple * multiple
+        large = _grid(shape, _default_tiles(shape, side, multiple, before), halo, multiple, before)
+        # At least 5 % fewer pixels: below that, fewer tiles are not worth fewer tiles per batch.
+        if _computed(large) < 0.95 * _computed(grid):
+            cap = budget // math.prod(large.tile)
+            return dataclasses.replace(large, batch_cap=max(1, cap))
+    return grid
 
 
 @dataclass(frozen=True)
@@ -278,6 +311,7 @@ def run_tiles(
         return acc / len(transforms)
 
     jobs = iter(jobs)
+    batch_size = grid.tiles_per_batch(batch_size)
     while True:
         chunk = list(itertools.islice(jobs, batch_size))
         if not chunk:
