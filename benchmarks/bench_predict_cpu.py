@@ -19,7 +19,10 @@ mode and reports:
 
 Modes: ``fp32`` (the default on the CPU), ``fp32-mirror`` (bioimage.io's border, the kit's former
 default), ``bf16`` (autocast), ``onnx`` (``--engine onnx``: the network exported to ONNX and run by
-ONNX Runtime over the same tiles). Results: benchmarks/results/predict_cpu.{json,md}.
+ONNX Runtime over the same tiles), and two ablations of the default: ``fp32-unfolded`` (batch norm
+run as its own layers instead of folded into the convolutions) and ``fp32-small-tiles`` (the grid
+before the batch budget: tiles within one default tile, batches of 4). Results:
+benchmarks/results/predict_cpu.{json,md}.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _realdata import load_image, poisson_gaussian  # noqa: E402
 from bench_careamics import _time_calls  # noqa: E402
 
+import ai4life_kit.prediction.predictor as predictor_module  # noqa: E402
 from ai4life_kit.config import parse_spec  # noqa: E402
 from ai4life_kit.data.tiff_io import write_image  # noqa: E402
 from ai4life_kit.metrics import psnr  # noqa: E402
@@ -84,7 +88,17 @@ def _border_band(shape: tuple[int, ...], halo: int) -> np.ndarray:
 def _predict(predictor: Predictor, image: np.ndarray, axes: str, mode: str) -> np.ndarray:
     predictor.border = "mirror" if mode == "fp32-mirror" else "network"
     predictor.engine = "onnx" if mode == "onnx" else "torch"  # ONNX Runtime: the same tiles and batches
-    return predictor.predict(image, axes, precision="bf16" if mode == "bf16" else "fp32")
+    tile = None
+    if mode == "fp32-small-tiles":  # the grid of one default tile per tile, as before the batch budget
+        tile = predictor.plan(image.shape[-predictor.spatial_ndim :], batch_size=1).tile
+    # The ablation swaps the folding out for this call only (a benchmark, not an option users need).
+    fold = predictor_module.fold_batch_norm
+    if mode == "fp32-unfolded":
+        predictor_module.fold_batch_norm = lambda model: model
+    try:
+        return predictor.predict(image, axes, tile=tile, precision="bf16" if mode == "bf16" else "fp32")
+    finally:
+        predictor_module.fold_batch_norm = fold
 
 
 def _mpix_s(fn: Any, size: int, repeats: int, warm_up: bool = True) -> float:
@@ -109,7 +123,7 @@ def bench(dims: int, steps: int, repeats: int, work: Path) -> dict[str, Any]:
     else:
         widths = [(0, t - n) for t, n in zip(THIN, noisy.shape, strict=True)]
         speed_images = {"volume": noisy, "thin volume": np.pad(noisy, widths, mode="symmetric")}
-    modes = ["fp32", "fp32-mirror", "bf16", "onnx"]
+    modes = ["fp32", "fp32-mirror", "bf16", "onnx", "fp32-unfolded", "fp32-small-tiles"]
     out: dict[str, Any] = {"train_s": round(train_s, 1), "steps": steps, "halo": predictor.halo, "modes": {}}
     preds = {}
     for mode in modes:
