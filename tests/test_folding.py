@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -96,15 +98,37 @@ def test_predictor_gives_the_unfolded_networks_numbers_tiled_and_whole():
 
 
 def test_predictor_uses_weights_loaded_after_it_was_built():
-    # The folded copy is made per call: weights loaded into predictor.model later are the ones used.
+    # The folded copy is kept while the weights stay; weights loaded into predictor.model later are used.
     a = _with_statistics(UNet(dims=2), (4, 1, 32, 32), seed=0)
     b = _with_statistics(UNet(dims=2), (4, 1, 32, 32), seed=1)
     image = np.random.default_rng(1).normal(10, 3, (64, 64)).astype(np.float32)
-    pred = _predictor(a)
+    original = copy.deepcopy(a)
+    pred = _predictor(a)  # pred.model is a itself
     first = pred.predict(image, "YX")
     pred.model.load_state_dict(b.state_dict())
     np.testing.assert_allclose(pred.predict(image, "YX"), _predictor(b).predict(image, "YX"), atol=1e-5)
     assert not np.allclose(pred.predict(image, "YX"), first, atol=1e-3)
+    pred.model = original  # a replaced model is folded anew
+    np.testing.assert_allclose(pred.predict(image, "YX"), first, atol=1e-5)
+    with torch.no_grad():  # and so are weights changed in place
+        next(pred.model.parameters()).mul_(-1)
+    assert not np.allclose(pred.predict(image, "YX"), first, atol=1e-3)
+
+
+def test_predictor_folds_once_while_the_weights_stay(monkeypatch):
+    import ai4life_kit.prediction.predictor as predictor_module
+
+    folds = []
+    fold = predictor_module.fold_batch_norm
+    monkeypatch.setattr(predictor_module, "fold_batch_norm", lambda m: folds.append(1) or fold(m))
+    pred = _predictor(_with_statistics(UNet(dims=2), (4, 1, 32, 32)))
+    image = np.zeros((64, 64), np.float32)
+    for _ in range(3):
+        pred.predict(image, "YX")
+    assert len(folds) == 1
+    pred.model.load_state_dict(_with_statistics(UNet(dims=2), (4, 1, 32, 32), seed=2).state_dict())
+    pred.predict(image, "YX")
+    assert len(folds) == 2
 
 
 def test_predictor_runs_a_wrapping_module_as_itself():
