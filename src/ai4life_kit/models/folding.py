@@ -3,8 +3,9 @@
 In eval mode a batch norm is an affine map per channel, ``y = (x - mean) / sqrt(var + eps) * w + b``,
 so the convolution before it can absorb it: ``W' = W * s``, ``b' = (b - mean) * s + beta`` with
 ``s = w / sqrt(var + eps)``. The network then computes the same function (to float rounding, about
-1e-7 of the output's range) with one pass over each feature map fewer: measured 1.2x faster on the
-default 2D U-Net's CPU forward at 1024 x 1024 (``benchmarks/bench_predict_cpu.py``).
+1e-7 of the output's range) with one pass over each feature map fewer: prediction measured 1.58x
+faster at 1024 x 1024 in 2D and 1.25x on a 64 x 512 x 512 volume on the CPU
+(``benchmarks/bench_predict_cpu.py``, mode ``fp32-unfolded``).
 
 Only prediction uses it. Training needs the batch statistics, and packages ship the unfolded
 weights: their state dict is the one the architecture file (``unet.py``) loads.

@@ -278,8 +278,9 @@ class Predictor:
 
         The folded copy is kept while the weights stay the same and made again when they change
         (callers may load other weights into ``self.model``, or replace it, between calls): each
-        tensor's identity and in-place version count say so. Folding per call cost a tiny volume
-        (48 x 60 x 50) a sixth of its prediction time. Only the kit's own U-Net: a module wrapping
+        tensor's identity and in-place version count say so. Folding per call would copy the network
+        for every image of a folder of small ones (milliseconds each, as long as a small image's
+        forward pass). Only the kit's own U-Net: a module wrapping
         it (a caller's hook, a recorder) must run as itself, not as a copy.
         """
         if not isinstance(self.model, UNet):
