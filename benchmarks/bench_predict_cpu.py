@@ -45,7 +45,6 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _realdata import load_image, poisson_gaussian  # noqa: E402
 from bench_careamics import _time_calls  # noqa: E402
 
-import ai4life_kit.prediction.predictor as predictor_module  # noqa: E402
 from ai4life_kit.config import parse_spec  # noqa: E402
 from ai4life_kit.data.tiff_io import write_image  # noqa: E402
 from ai4life_kit.metrics import psnr  # noqa: E402
@@ -91,14 +90,15 @@ def _predict(predictor: Predictor, image: np.ndarray, axes: str, mode: str) -> n
     tile = None
     if mode == "fp32-small-tiles":  # the grid of one default tile per tile, as before the batch budget
         tile = predictor.plan(image.shape[-predictor.spatial_ndim :], batch_size=1).tile
-    # The ablation swaps the folding out for this call only (a benchmark, not an option users need).
-    fold = predictor_module.fold_batch_norm
+    # The predictor runs a module wrapping its U-Net as it is (unfolded), so the ablation wraps it
+    # for this call only; the U-Net itself, and its folded copy, stay as they were.
+    unet = predictor.model
     if mode == "fp32-unfolded":
-        predictor_module.fold_batch_norm = lambda model: model
+        predictor.model = torch.nn.Sequential(unet)
     try:
         return predictor.predict(image, axes, tile=tile, precision="bf16" if mode == "bf16" else "fp32")
     finally:
-        predictor_module.fold_batch_norm = fold
+        predictor.model = unet
 
 
 def _mpix_s(fn: Any, size: int, repeats: int, warm_up: bool = True) -> float:

@@ -112,7 +112,12 @@ def test_predictor_uses_weights_loaded_after_it_was_built():
     np.testing.assert_allclose(pred.predict(image, "YX"), first, atol=1e-5)
     with torch.no_grad():  # and so are weights changed in place
         next(pred.model.parameters()).mul_(-1)
-    assert not np.allclose(pred.predict(image, "YX"), first, atol=1e-3)
+    changed = pred.predict(image, "YX")
+    assert not np.allclose(changed, first, atol=1e-3)
+    # and a parameter replaced by a new one of the same shape (a new tensor, not an in-place change)
+    conv = next(m for m in pred.model.modules() if isinstance(m, torch.nn.Conv2d))
+    conv.weight = torch.nn.Parameter(-conv.weight.detach().clone())
+    assert not np.allclose(pred.predict(image, "YX"), changed, atol=1e-3)
 
 
 def test_predictor_folds_once_while_the_weights_stay(monkeypatch):

@@ -142,7 +142,8 @@ class Predictor:
         self.border = border
         self.engine = engine
         self._onnx: Callable[[torch.Tensor], torch.Tensor] | None = None
-        self._folded: tuple[tuple, torch.nn.Module] | None = None  # (weights key, folded copy)
+        # (the weights it was made from, their storage and versions, the folded copy)
+        self._folded: tuple[tuple[torch.Tensor, ...], tuple, torch.nn.Module] | None = None
         # A probabilistic network (UNet(probabilistic=True)) outputs the Laplace scales after the
         # means; TorchScript keeps the attribute, so a scripted one is recognised too.
         self.probabilistic = bool(getattr(self.model, "probabilistic", False))
@@ -278,22 +279,30 @@ class Predictor:
 
         The folded copy is kept while the weights stay the same and made again when they change
         (callers may load other weights into ``self.model``, or replace it, between calls): each
-        tensor's identity and in-place version count say so. Folding per call would copy the network
-        for every image of a folder of small ones (milliseconds each, as long as a small image's
-        forward pass). Only the kit's own U-Net: a module wrapping
-        it (a caller's hook, a recorder) must run as itself, not as a copy.
+        tensors themselves (held, so a freed tensor's id or address cannot come back as a new one's)
+        and their storage and in-place version counts say so. Folding per call would copy the
+        network for every image of a folder of small ones (milliseconds each, as long as a small
+        image's forward pass). Only the kit's own U-Net: a module wrapping it (a caller's hook, a
+        recorder) must run as itself, not as a copy.
         """
         if not isinstance(self.model, UNet):
             scripted = isinstance(self.model, torch.jit.ScriptModule)
             return self.model if scripted else self.model.to(memory_format=self.memory_format)
-        tensors = itertools.chain(self.model.parameters(), self.model.buffers())
+        tensors = tuple(itertools.chain(self.model.parameters(), self.model.buffers()))
         try:
-            key = tuple((id(t), t.data_ptr(), t._version) for t in tensors)
+            versions = tuple((t.data_ptr(), t._version) for t in tensors)
         except RuntimeError:  # inference tensors (made under torch.inference_mode) keep no version
             return fold_batch_norm(self.model).to(memory_format=self.memory_format)
-        if self._folded is None or self._folded[0] != key:
-            self._folded = (key, fold_batch_norm(self.model).to(memory_format=self.memory_format))
-        return self._folded[1]
+        cached = self._folded
+        same = (
+            cached is not None
+            and len(cached[0]) == len(tensors)
+            and all(a is b for a, b in zip(cached[0], tensors, strict=True))
+            and cached[1] == versions
+        )
+        if not same:
+            self._folded = (tensors, versions, fold_batch_norm(self.model).to(memory_format=self.memory_format))
+        return self._folded[2]
 
     def _onnx_forward(self, precision: str) -> Callable[[torch.Tensor], torch.Tensor]:
         """ONNX Runtime's network (exported once per predictor), fp32 on the CPU only."""
